@@ -1,0 +1,52 @@
+# The two set-up commands are `make demo` and `make test`; both create what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYENV_ROOT ?= $(HOME)/.pyenv
+# The Pythons the uWSGI integration tests run on, each in .venvs/<version>.
+TEST_PYTHONS ?= 3.10 3.11 3.12 3.13
+STAMP := $(VENV)/.installed
+
+.PHONY: venv pythons test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# One virtualenv with uWSGI per supported Python found here (pyenv or PATH).
+# A Python that is missing is said, and its uWSGI tests are skipped.
+.venvs/.installed: pyproject.toml
+	@mkdir -p .venvs
+	@for v in $(TEST_PYTHONS); do \
+	  py=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -n 1); \
+	  [ -n "$$py" ] || py=$$(command -v python$$v 2>/dev/null); \
+	  if [ -n "$$py" ] && "$$py" -c 'import venv' 2>/dev/null; then \
+	    echo "Python $$v: $$py"; \
+	    [ -x .venvs/$$v/bin/python ] || "$$py" -m venv .venvs/$$v || exit 1; \
+	    .venvs/$$v/bin/python -m pip install -q --upgrade pip wheel || exit 1; \
+	    .venvs/$$v/bin/python -m pip install -q -e . uwsgi || exit 1; \
+	  else \
+	    echo "Python $$v not found: its uWSGI tests will be skipped"; \
+	  fi; \
+	done
+	touch $@
+
+pythons: .venvs/.installed
+
+test: $(STAMP) .venvs/.installed
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check flask_utd tests demo_app bench
+	$(BIN)/ruff format --check flask_utd tests demo_app bench
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python -m demo_app.run
+
+clean:
+	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache

@@ -1,0 +1,288 @@
+"""The agent: one thread per process that answers dump requests on a Unix socket.
+
+The agent is per process, not per app: a process has one set of threads to dump,
+so apps in one process that share a socket directory share one agent. That is the
+one piece of state kept at module level here, keyed by socket path and by PID,
+and dropped in a forked child, which never inherits a parent's listening socket
+or thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import rpyc
+from rpyc.core import Channel
+from rpyc.utils.authenticators import AuthenticationError
+from rpyc.utils.server import Server
+
+from . import sockets
+from .rpc import SERVER_CONFIG
+from .rpc import DeadlineStream
+from .snapshot import AGENT_THREAD_NAME
+from .snapshot import process_report
+
+log = logging.getLogger("flask_utd")
+# RPyC logs every connection at INFO; a dump is not news.
+_rpyc_log = logging.getLogger("flask_utd.agent.rpyc")
+_rpyc_log.setLevel(logging.WARNING)
+
+#: How long one client may keep the agent busy. The agent serves one connection
+#: at a time, in its own thread.
+CONNECTION_DEADLINE = 5.0
+#: Largest options payload a client may send to ``dump``.
+MAX_OPTIONS = 4096
+
+
+@dataclass
+class Agent:
+    """The agent of this process for one socket directory."""
+
+    pid: int
+    path: str
+    role: str
+    worker_id: int | None
+    unsafe: str | None
+    server: Server
+    thread: threading.Thread
+
+
+_lock = threading.Lock()
+_agents: dict[str, Agent] = {}
+_atexit_pid: int | None = None
+
+
+def agent_idents() -> set[int]:
+    """Idents of this process's agent threads."""
+    pid = os.getpid()
+    return {
+        a.thread.ident
+        for a in list(_agents.values())
+        if a.pid == pid and a.thread.ident is not None
+    }
+
+
+def _error_report(agent: Agent, message: str) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "role": agent.role,
+        "worker_id": agent.worker_id,
+        "status": "error",
+        "error": message,
+        "threads": [],
+    }
+
+
+class UTDService(rpyc.Service):  # type: ignore[misc]
+    """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
+
+    Both return a JSON string, so nothing but plain data crosses the socket.
+    """
+
+    def __init__(self, agent: Agent | None = None) -> None:
+        super().__init__()
+        self._agent = agent
+
+    def exposed_dump(self, options: str = "{}") -> str:
+        """The ``flask-utd/1`` report of this process, as JSON text.
+
+        :param options: a JSON object of dump options, as text.
+        """
+        agent = self._agent
+        assert agent is not None
+        try:
+            if type(options) is not str or len(options) > MAX_OPTIONS:
+                raise ValueError("options must be a JSON object as text")
+            if not isinstance(json.loads(options), dict):
+                raise ValueError("options must be a JSON object")
+        except ValueError as err:
+            return json.dumps(_error_report(agent, f"bad dump request: {err}"))
+        try:
+            report = process_report(
+                role=agent.role,
+                worker_id=agent.worker_id,
+                agent_idents=agent_idents(),
+                unsafe=agent.unsafe,
+            )
+            return json.dumps(report, default=repr)
+        except Exception as err:  # the agent must answer, whatever happened
+            log.exception("flask-utd: the dump of this process failed")
+            return json.dumps(
+                _error_report(
+                    agent,
+                    f"the agent failed to dump this process ({type(err).__name__}:"
+                    f" {err}); see this process's log and report it as a bug.",
+                )
+            )
+
+    def exposed_info(self) -> str:
+        """Who this agent is: pid, role, worker id, as JSON text."""
+        agent = self._agent
+        assert agent is not None
+        return json.dumps(
+            {"pid": os.getpid(), "role": agent.role, "worker_id": agent.worker_id}
+        )
+
+
+def _authenticate(sock: Any) -> tuple[Any, None]:
+    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``)."""
+    if not sockets.peer_allowed(sock):
+        raise AuthenticationError("peer uid is not allowed")
+    return sock, None
+
+
+class AgentServer(Server):  # type: ignore[misc]
+    """An RPyC server that serves one connection at a time in its own thread.
+
+    One thread is the whole agent: no thread is started per connection, and each
+    connection is cut at :data:`CONNECTION_DEADLINE`.
+    """
+
+    def _accept_method(self, sock: Any) -> None:
+        try:
+            self._authenticate_and_serve_client(sock)
+        finally:
+            # RPyC leaves a rejected peer's socket open.
+            sock.close()
+
+    def _serve_client(self, sock: Any, credentials: Any) -> None:
+        config = dict(self.protocol_config, credentials=credentials, logger=self.logger)
+        stream = DeadlineStream(sock, time.monotonic() + CONNECTION_DEADLINE)
+        conn = self.service._connect(Channel(stream), config)
+        try:
+            conn.serve_all()
+        finally:
+            conn.close()
+
+
+def _forget_inherited() -> None:
+    """In a forked child: drop the parent's agents and close our copies of their
+    listening sockets. The files stay: they belong to the parent."""
+    pid = os.getpid()
+    for path, agent in list(_agents.items()):
+        if agent.pid != pid:
+            del _agents[path]
+            try:
+                agent.server.listener.close()
+            except OSError:
+                pass
+
+
+def _cleanup() -> None:
+    # atexit handlers are inherited through fork: only remove our own sockets.
+    pid = os.getpid()
+    for agent in list(_agents.values()):
+        if agent.pid == pid:
+            try:
+                os.unlink(agent.path)
+            except OSError:
+                pass
+
+
+def start_agent(
+    socket_dir: str,
+    instance: str,
+    *,
+    role: str,
+    worker_id: int | None,
+    unsafe: str | None = None,
+) -> Agent:
+    """Start this process's agent for ``socket_dir`` unless it already runs.
+
+    :param socket_dir: the ``UTD_SOCKET_DIR``.
+    :param instance: the server instance (its master's pid, as text).
+    :param role: ``"master"``, ``"worker"`` or ``"process"``.
+    :param worker_id: the server's number for this worker, or ``None``.
+    :param unsafe: why this process's stacks cannot be read safely, if so.
+    :raises SocketDirError: the socket directory is not private or not ours.
+    """
+    global _atexit_pid
+    with _lock:
+        _forget_inherited()
+        pid = os.getpid()
+        path = sockets.socket_path(socket_dir, instance, pid)
+        existing = _agents.get(path)
+        if existing is not None:
+            return existing
+        sockets.ensure_private_dir(socket_dir)
+        sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
+        try:
+            # Left by an earlier process with our PID: no one can listen on it.
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        service = UTDService()
+        server = AgentServer(
+            service,
+            socket_path=path,
+            authenticator=_authenticate,
+            protocol_config=dict(SERVER_CONFIG),
+            logger=_rpyc_log,
+            listener_timeout=None,
+        )
+        # Connections are possible only after listen(): the mode is final by then.
+        os.chmod(path, 0o600)
+        thread = threading.Thread(
+            target=server.start, name=AGENT_THREAD_NAME, daemon=True
+        )
+        agent = Agent(pid, path, role, worker_id, unsafe, server, thread)
+        service._agent = agent
+        # Listen before the thread runs, so that the socket is never seen bound
+        # but refusing (which a collector would take for a stale socket).
+        server._listen()
+        thread.start()
+        _agents[path] = agent
+        if _atexit_pid != pid:
+            atexit.register(_cleanup)
+            _atexit_pid = pid
+    log.debug("flask-utd: agent of pid %d (%s) listens on %s", pid, role, path)
+    return agent
+
+
+def stop_agents() -> None:
+    """Stop this process's agents and remove their sockets (used by tests)."""
+    with _lock:
+        pid = os.getpid()
+        for path, agent in list(_agents.items()):
+            if agent.pid == pid:
+                agent.server.close()
+                agent.thread.join(2)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            del _agents[path]
+
+
+def leave_unsafe_note(
+    socket_dir: str, instance: str, *, role: str, worker_id: int | None, message: str
+) -> None:
+    """Record that this process runs no agent, and why, for the collector to report."""
+    sockets.ensure_private_dir(socket_dir)
+    sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
+    path = sockets.unsafe_note_path(socket_dir, instance, os.getpid())
+    data = json.dumps({"role": role, "worker_id": worker_id, "error": message})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+
+
+def after_fork_in_child() -> None:
+    """Forget the parent's agents in a forked child (called on every kind of fork).
+
+    The lock is made anew: a thread of the parent may have held it at the fork,
+    and that thread does not exist here.
+    """
+    global _lock
+    _lock = threading.Lock()
+    _forget_inherited()
+
+
+os.register_at_fork(after_in_child=after_fork_in_child)

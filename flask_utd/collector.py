@@ -1,0 +1,233 @@
+"""The collector: asks every process of one server instance for its dump, in
+parallel, each with a deadline, and merges one ``flask-utd/1`` report.
+
+It never fails or hangs because of one process: what does not answer is listed
+with a status and a message that says what to do. Imports neither Flask nor the
+app, so that ``python -m flask_utd dump`` stays lean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
+from datetime import datetime
+from datetime import timezone
+from typing import Any
+
+from . import sockets
+from .errors import InstanceNotFound
+
+SCHEMA = "flask-utd/1"
+#: Time the collector allows itself beyond the per-process deadline.
+MARGIN = 0.25
+_ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
+
+
+def _entry(
+    pid: int, status: str, error: str | None, role: str = "process", worker_id: Any = None
+) -> dict[str, Any]:
+    return {
+        "pid": pid,
+        "role": role,
+        "worker_id": worker_id,
+        "status": status,
+        "error": error,
+        "threads": [],
+    }
+
+
+def _timeout_message(pid: int, timeout: float) -> str:
+    return (
+        f"process {pid} did not answer within {timeout:g} s (UTD_TIMEOUT). A thread"
+        " may hold the GIL in C code (a long regex, a C extension, a ctypes call),"
+        " which stops every Python thread of that process, the agent included; or"
+        " the process is being stopped. Try again, raise UTD_TIMEOUT, or look at it"
+        " with py-spy where ptrace is allowed."
+    )
+
+
+def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> dict[str, Any]:
+    """Ask the agent on ``path`` for its process report; never raise."""
+    from . import rpc
+
+    try:
+        conn = rpc.connect(path, deadline)
+    except ConnectionRefusedError:
+        if sockets.remove_if_stale(path):
+            return _entry(
+                pid,
+                "stale",
+                f"process {pid} is gone (nothing listens on its socket); its socket"
+                " was removed. If it was a worker, the server starts a new one.",
+            )
+        return _entry(pid, "refused", f"process {pid} refused the connection.")
+    except (TimeoutError, EOFError):
+        return _entry(pid, "timeout", _timeout_message(pid, timeout))
+    except OSError as err:
+        return _entry(
+            pid, "error", f"cannot connect to the agent of process {pid}: {err}."
+        )
+    try:
+        payload = conn.root.dump(options)
+    except TimeoutError:  # RPyC's AsyncResultTimeout is a TimeoutError
+        return _entry(pid, "timeout", _timeout_message(pid, timeout))
+    except EOFError as err:
+        if "deadline" in str(err):
+            return _entry(pid, "timeout", _timeout_message(pid, timeout))
+        return _entry(
+            pid,
+            "refused",
+            f"the agent of process {pid} closed the connection without answering:"
+            " it accepts only this user and root; run the command as the server's"
+            " user.",
+        )
+    except Exception as err:
+        return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    try:
+        report = json.loads(payload)
+        if not isinstance(report, dict) or report.get("pid") != pid:
+            raise ValueError("not the report of this process")
+    except (TypeError, ValueError) as err:
+        return _entry(pid, "error", f"process {pid} answered with a bad report: {err}.")
+    return report
+
+
+def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
+    if not sockets.pid_alive(entry.pid):
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+        return None
+    try:
+        with open(entry.path) as f:
+            note = json.load(f)
+        return _entry(
+            entry.pid, "unsafe", str(note["error"]), note["role"], note["worker_id"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return _entry(entry.pid, "unsafe", "this process runs no agent.")
+
+
+def collect(
+    socket_dir: str,
+    instance: str,
+    *,
+    timeout: float = 2.0,
+    pid: int | None = None,
+    roster: Iterable[dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Collect the report of every process of ``instance``.
+
+    Returns within ``timeout`` plus a small margin, whatever the processes do.
+
+    :param socket_dir: the ``UTD_SOCKET_DIR``.
+    :param instance: the server instance (a directory in ``socket_dir``).
+    :param timeout: each process's deadline, in seconds (``UTD_TIMEOUT``).
+    :param pid: only this process.
+    :param roster: the server's own list of workers (``pid``, ``worker_id``);
+        a worker in it without a socket is reported, not forgotten.
+    :param options: dump options passed to every agent.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    directory = sockets.instance_dir(socket_dir, instance)
+    entries = sockets.list_entries(directory)
+    if pid is not None:
+        entries = [e for e in entries if e.pid == pid]
+    text_options = json.dumps(options or {})
+    processes: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.kind == "unsafe":
+            found = _unsafe_entry(entry)
+            if found is not None:
+                processes.append(found)
+    asked = [e for e in entries if e.kind == "socket"]
+    if asked:
+        pool = ThreadPoolExecutor(max_workers=min(32, len(asked)))
+        futures = {
+            e.pid: pool.submit(ask, e.path, e.pid, deadline, timeout, text_options)
+            for e in asked
+        }
+        wait(futures.values(), timeout=timeout + MARGIN)
+        # Never wait for a straggler: it ends by itself at its deadline.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for entry_pid, future in futures.items():
+            if future.done() and not future.cancelled():
+                processes.append(future.result())
+            else:
+                processes.append(
+                    _entry(entry_pid, "timeout", _timeout_message(entry_pid, timeout))
+                )
+    known = {p["pid"] for p in processes}
+    for worker in roster or ():
+        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"]):
+            processes.append(
+                _entry(
+                    worker["pid"],
+                    "error",
+                    f"worker {worker['worker_id']} (pid {worker['pid']}) has no agent"
+                    " socket: it may be starting, or its agent failed to start (see"
+                    " its log).",
+                    "worker",
+                    worker["worker_id"],
+                )
+            )
+    processes.sort(
+        key=lambda p: (_ROLE_ORDER.get(p["role"], 3), p["worker_id"] or 0, p["pid"])
+    )
+    return {
+        "schema": SCHEMA,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "host": socket.gethostname(),
+        "instance": instance,
+        "elapsed_s": round(time.monotonic() - started, 4),
+        "processes": processes,
+    }
+
+
+def find_instance(socket_dirs: Iterable[str], instance: str | None = None) -> tuple[str, str]:
+    """Find the one server instance to dump: ``(socket_dir, instance)``.
+
+    :param socket_dirs: where to look, in order.
+    :param instance: a given instance id (the master's pid); must exist.
+    :raises InstanceNotFound: none, or more than one, was found; the message lists
+        them and says what to pass.
+    """
+    dirs = list(dict.fromkeys(socket_dirs))
+    found = [(d, i) for d in dirs for i in sockets.list_instances(d)]
+    if instance is not None:
+        found = [(d, i) for d, i in found if i == instance]
+        if not found:
+            raise InstanceNotFound(
+                f"no running server instance {instance} in {', '.join(dirs)}."
+            )
+    if not found:
+        raise InstanceNotFound(
+            f"no running server found in {', '.join(dirs)}. Is the app running with"
+            " utd_bp registered, and does UTD_SOCKET_DIR (or --socket-dir) name the"
+            " directory the server uses?"
+        )
+    if len(found) > 1:
+        listing = ", ".join(f"{i} (in {d})" for d, i in found)
+        raise InstanceNotFound(
+            f"{len(found)} server instances are running: {listing}; choose one with"
+            " --instance (its master's pid)."
+        )
+    return found[0]
+
+
+def all_answered(report: dict[str, Any]) -> bool:
+    """Whether every process in ``report`` answered with status ``ok``."""
+    return all(p["status"] == "ok" for p in report["processes"])

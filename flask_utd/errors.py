@@ -1,0 +1,19 @@
+"""The errors flask-utd raises. Every message says what happened and what to do."""
+
+from __future__ import annotations
+
+
+class UTDError(Exception):
+    """Base class of every error raised by flask-utd."""
+
+
+class ConfigError(UTDError):
+    """A ``UTD_*`` setting has a value that cannot work. The message names the key."""
+
+
+class SocketDirError(UTDError):
+    """The socket directory is missing, not private, or not owned by this user."""
+
+
+class InstanceNotFound(UTDError):
+    """No running server instance (or not exactly one) was found in the socket directory."""

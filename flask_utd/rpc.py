@@ -1,0 +1,132 @@
+"""The RPyC wire shared by the agent (server side) and the collector (client side).
+
+Both ends read through :class:`DeadlineStream`, so that no connection, however
+slow or stuck the other end is, outlives its deadline. Imports RPyC, never Flask.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from rpyc.core.stream import SocketStream
+from rpyc.lib import Timeout
+
+#: RPyC settings for the agent: only ``exposed_`` names, nothing pickled, no
+#: custom exceptions, no tracebacks or versions sent to the peer.
+SERVER_CONFIG: dict[str, Any] = {
+    "allow_safe_attrs": True,
+    # Only what a client needs to call an exposed method and print the result.
+    "safe_attrs": {"__str__", "__repr__", "__doc__", "__eq__", "__hash__"},
+    "allow_exposed_attrs": True,
+    "allow_public_attrs": False,
+    "allow_all_attrs": False,
+    "allow_getattr": True,
+    "allow_setattr": False,
+    "allow_delattr": False,
+    "allow_pickle": False,
+    "import_custom_exceptions": False,
+    "instantiate_custom_exceptions": False,
+    "instantiate_oldstyle_exceptions": False,
+    "include_local_traceback": False,
+    "include_local_version": False,
+    "propagate_SystemExit_locally": False,
+    "propagate_KeyboardInterrupt_locally": False,
+    "log_exceptions": False,
+}
+
+#: RPyC settings for the collector: it trusts nothing that comes back either.
+CLIENT_CONFIG: dict[str, Any] = {
+    "allow_public_attrs": False,
+    "allow_all_attrs": False,
+    "allow_setattr": False,
+    "allow_delattr": False,
+    "allow_pickle": False,
+    "import_custom_exceptions": False,
+    "instantiate_custom_exceptions": False,
+    "include_local_traceback": False,
+    "include_local_version": False,
+}
+
+
+class DeadlineStream(SocketStream):  # type: ignore[misc]
+    """A socket stream that fails with ``EOFError`` once ``deadline`` has passed.
+
+    RPyC's own ``SocketStream.read`` retries on a socket timeout forever; this one
+    gives up at the deadline, which is what bounds a slow or silent peer.
+
+    :param sock: a connected socket.
+    :param deadline: a ``time.monotonic()`` value.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock)
+        self.deadline = deadline
+
+    def _arm(self) -> None:
+        """Set the socket's timeout to the time left, or end the stream."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.close()
+            raise EOFError("the connection's deadline has passed")
+        try:
+            self.sock.settimeout(left)
+        except OSError as err:  # closed under us (the server is stopping)
+            self.close()
+            raise EOFError(err) from err
+
+    def poll(self, timeout: Any) -> bool:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.close()
+            raise EOFError("the connection's deadline has passed")
+        wanted = Timeout(timeout).timeleft()  # RPyC passes a number or a Timeout
+        result: bool = super().poll(left if wanted is None else min(wanted, left))
+        return result
+
+    def read(self, count: int) -> bytes:
+        chunks = []
+        while count > 0:
+            self._arm()
+            try:
+                buf = self.sock.recv(min(self.MAX_IO_CHUNK, count))
+            except socket.timeout:
+                continue
+            except OSError as err:
+                self.close()
+                raise EOFError(err) from err
+            if not buf:
+                self.close()
+                raise EOFError("connection closed by peer")
+            chunks.append(buf)
+            count -= len(buf)
+        return b"".join(chunks)
+
+    def write(self, data: bytes) -> None:
+        self._arm()
+        super().write(data)
+
+
+def connect(path: str, deadline: float) -> Any:
+    """Open an RPyC connection to the agent socket at ``path``, bounded by ``deadline``.
+
+    :raises OSError: the socket refused the connection or does not exist.
+    :raises EOFError: the deadline passed.
+    """
+    import rpyc
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise EOFError("the connection's deadline has passed")
+        sock.settimeout(left)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    config = dict(CLIENT_CONFIG, sync_request_timeout=max(left, 0.001))
+    return rpyc.connect_stream(
+        DeadlineStream(sock, deadline), service=rpyc.VoidService, config=config
+    )

@@ -1,0 +1,149 @@
+"""Where this process sits in the server: uWSGI master or worker, or anything else.
+
+The agent starts in the process that loads the app (the uWSGI master, or a worker
+under ``lazy-apps``), again in every worker after uWSGI forks it (``postfork``),
+and, under any other server, at the first request a process serves. It never
+starts in a process that serves no request, such as ``flask utd dump``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import agent
+from .config import Settings
+from .snapshot import ghost_message
+from .snapshot import ghost_threads
+
+log = logging.getLogger("flask_utd")
+
+FORK_HOOKS_OPTION = "py-call-uwsgi-fork-hooks"
+
+
+@dataclass(frozen=True)
+class Place:
+    """What this process is, for the agent and the report."""
+
+    #: ``"master"``, ``"worker"`` or ``"process"``.
+    role: str
+    worker_id: int | None
+    #: The server instance: the master's pid, else this process's pid, as text.
+    instance: str
+
+
+def _uwsgi() -> Any | None:
+    """The ``uwsgi`` module, which exists only inside a uWSGI process."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    return uwsgi
+
+
+def uwsgi_option(name: str) -> bool:
+    """Whether the uWSGI flag ``name`` is on in this server's configuration."""
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return False
+    value = uwsgi.opt.get(name)
+    if isinstance(value, list):
+        value = value[-1]
+    if isinstance(value, bytes):
+        return value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
+    return bool(value)
+
+
+def current_place() -> Place:
+    """Where this process sits: uWSGI master or worker, else a plain process."""
+    uwsgi = _uwsgi()
+    if uwsgi is not None:
+        master = uwsgi.masterpid()
+        worker_id = uwsgi.worker_id()
+        instance = str(master or os.getpid())
+        if worker_id > 0:
+            return Place("worker", worker_id, instance)
+        if master == os.getpid():
+            return Place("master", None, instance)
+        return Place("process", None, instance)
+    return Place("process", None, str(os.getpid()))
+
+
+def roster() -> list[dict[str, Any]] | None:
+    """The server's own list of workers (pid, id), where it has one."""
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return None
+    return [{"pid": w["pid"], "worker_id": w["id"]} for w in uwsgi.workers()]
+
+
+_MASTER_UNSAFE = (
+    "the uWSGI master runs no agent: uWSGI runs without `py-call-uwsgi-fork-hooks`,"
+    " and a thread in the master would be copied into every worker it forks (a"
+    " worker forked while that thread holds the GIL deadlocks). Add"
+    " `py-call-uwsgi-fork-hooks = true` to the [uwsgi] section of uwsgi.ini."
+)
+
+
+def start_for_place(settings: Settings, place: Place, unsafe: str | None = None) -> None:
+    """Start the agent of this process, or leave a note saying why it cannot run."""
+    try:
+        if place.role == "master" and not uwsgi_option(FORK_HOOKS_OPTION):
+            log.warning("flask-utd: %s", _MASTER_UNSAFE)
+            agent.leave_unsafe_note(
+                settings.socket_dir,
+                place.instance,
+                role=place.role,
+                worker_id=place.worker_id,
+                message=_MASTER_UNSAFE,
+            )
+            return
+        agent.start_agent(
+            settings.socket_dir,
+            place.instance,
+            role=place.role,
+            worker_id=place.worker_id,
+            unsafe=unsafe,
+        )
+    except Exception:
+        # Never take the server down: a server without thread dumps still serves.
+        log.exception("flask-utd: the agent of pid %d could not start", os.getpid())
+
+
+_postfork_settings: list[Settings] = []
+
+
+def _postfork() -> None:
+    """In a uWSGI worker, right after uWSGI forked it from the master."""
+    agent.after_fork_in_child()
+    ghosts = ghost_threads()
+    unsafe = ghost_message(ghosts) if ghosts else None
+    if unsafe:
+        log.warning("flask-utd: worker pid %d: %s", os.getpid(), unsafe)
+    place = current_place()
+    for settings in _postfork_settings:
+        start_for_place(settings, place, unsafe)
+
+
+def setup_process(settings: Settings) -> bool:
+    """Start the agent where the app is loaded, if this is a uWSGI process.
+
+    :returns: whether the agent's start is taken care of here (inside uWSGI);
+        ``False`` means: start it at the first request.
+    """
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return False
+    place = current_place()
+    if place.role == "master":
+        # Workers forked from here start their own agent after the fork.
+        if settings not in _postfork_settings:
+            if not _postfork_settings:
+                from uwsgidecorators import postfork
+
+                postfork(_postfork)
+            _postfork_settings.append(settings)
+    start_for_place(settings, place)
+    return True

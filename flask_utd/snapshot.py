@@ -1,0 +1,155 @@
+"""The dump of one process: every thread Python knows, with its stack.
+
+Runs in the agent thread of the process being dumped, never in a request thread.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import threading
+from collections.abc import Collection
+from types import FrameType
+from typing import Any
+
+#: Name given to the agent thread of every process.
+AGENT_THREAD_NAME = "utd-agent"
+
+
+def live_native_ids() -> set[int] | None:
+    """The native ids of the threads this process really has (``/proc/self/task``)."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:
+        return None
+
+
+def ghost_threads() -> list[threading.Thread]:
+    """Threads Python still lists that do not exist in this process.
+
+    uWSGI forks in C; unless it is told to call Python's fork hooks, a worker keeps
+    the thread states of the master's threads. ``threading.enumerate()`` still
+    lists them and their native ids are not in ``/proc/self/task``. The main thread
+    is left out: it is the thread that forked, alive under a new native id.
+    """
+    tasks = live_native_ids()
+    if tasks is None:
+        return []
+    main = threading.main_thread()
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not main and t.native_id is not None and t.native_id not in tasks
+    ]
+
+
+def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while frame is not None:
+        code = frame.f_code
+        lineno = frame.f_lineno or code.co_firstlineno
+        line = linecache.getline(code.co_filename, lineno).strip()
+        frames.append(
+            {
+                "file": code.co_filename,
+                "line": lineno,
+                "function": code.co_name,
+                "code": line or None,
+            }
+        )
+        frame = frame.f_back
+    frames.reverse()
+    return frames
+
+
+def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
+    if thread is None:
+        return None
+    native = thread.native_id
+    if tasks is not None and native not in tasks and thread is threading.main_thread():
+        # After a fork the main thread keeps the parent's native id in
+        # ``threading``; in the child it is the thread whose id is the pid.
+        return os.getpid()
+    return native
+
+
+def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
+    """One entry per thread that ``sys._current_frames()`` knows.
+
+    Only call this when :func:`ghost_threads` is empty: with ghost thread states,
+    ``sys._current_frames()`` can crash the process (Python 3.11) or answer with a
+    stack that belongs to the parent (3.10).
+
+    :param agent_idents: idents of the agent's own threads, marked ``is_agent``.
+    """
+    tasks = live_native_ids()
+    by_ident = {t.ident: t for t in threading.enumerate()}
+    current = sys._current_frames()
+    try:
+        threads = []
+        for ident, frame in current.items():
+            thread = by_ident.get(ident)
+            threads.append(
+                {
+                    "ident": ident,
+                    "native_id": _native_id(thread, tasks),
+                    "name": thread.name if thread else f"<thread {ident}>",
+                    "daemon": thread.daemon if thread else None,
+                    "is_agent": ident in agent_idents,
+                    "request": None,
+                    "frames": _frame_stack(frame),
+                }
+            )
+    finally:
+        del current
+    # The agent's own threads last: they are never the interesting ones.
+    threads.sort(key=lambda t: t["is_agent"])
+    return threads
+
+
+def process_report(
+    *,
+    role: str,
+    worker_id: int | None,
+    agent_idents: Collection[int],
+    unsafe: str | None = None,
+) -> dict[str, Any]:
+    """The ``flask-utd/1`` entry of this process.
+
+    :param role: ``"master"``, ``"worker"`` or ``"process"``.
+    :param worker_id: the server's number for this worker, or ``None``.
+    :param agent_idents: idents of the agent's threads.
+    :param unsafe: why stacks cannot be read safely here; the report then has
+        status ``"unsafe"`` and no threads.
+    """
+    report: dict[str, Any] = {
+        "pid": os.getpid(),
+        "role": role,
+        "worker_id": worker_id,
+        "status": "ok",
+        "error": None,
+        "threads": [],
+    }
+    if unsafe is None:
+        ghosts = ghost_threads()
+        if ghosts:
+            unsafe = ghost_message(ghosts)
+    if unsafe is not None:
+        report["status"] = "unsafe"
+        report["error"] = unsafe
+        return report
+    report["threads"] = thread_reports(agent_idents)
+    return report
+
+
+def ghost_message(ghosts: Collection[threading.Thread]) -> str:
+    """Why a process with ghost thread states is not dumped, and what to do."""
+    names = ", ".join(sorted(repr(t.name) for t in ghosts))
+    return (
+        f"this process was forked without Python's fork hooks and still holds the"
+        f" states of {len(ghosts)} thread(s) of its parent ({names}); reading its"
+        " stacks could crash it (SIGSEGV on Python 3.11) or show the parent's"
+        " stacks. Under uWSGI, add `py-call-uwsgi-fork-hooks = true` to the [uwsgi]"
+        " section of uwsgi.ini."
+    )

@@ -1,0 +1,185 @@
+"""Where the agents' sockets live, and who may connect to them.
+
+Layout::
+
+    <socket dir>/                 0700, owned by the server's uid
+        <instance>/               0700, one per server instance (its master's pid)
+            <pid>.sock            0600, one per process that runs an agent
+            <pid>.unsafe          a note left by a process that cannot run an agent safely
+
+This module imports neither Flask nor RPyC: the lean CLI path uses it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+from .errors import SocketDirError
+
+SOCKET_SUFFIX = ".sock"
+UNSAFE_SUFFIX = ".unsafe"
+_PEERCRED = struct.Struct("3i")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` with mode 0700, or check that an existing one is private.
+
+    The directory is created with its final mode (``mkdir(path, 0o700)``), so it is
+    never more open than that. An existing one must be a real directory (not a
+    symlink), owned by this user, with no group or other permissions.
+
+    :raises SocketDirError: the path cannot be used; the message says what to do.
+    """
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise SocketDirError(
+                f"cannot create {parent!r} for the agent sockets ({err.strerror});"
+                " set UTD_SOCKET_DIR to a directory this user can write."
+            ) from err
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise SocketDirError(
+            f"cannot create the socket directory {path!r} ({err.strerror});"
+            " set UTD_SOCKET_DIR to a directory this user can write."
+        ) from err
+    check_private_dir(path)
+    return path
+
+
+def check_private_dir(path: str) -> None:
+    """Raise :class:`SocketDirError` unless ``path`` is a private directory of ours."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise SocketDirError(
+            f"the socket directory {path!r} cannot be read ({err.strerror})."
+        ) from err
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise SocketDirError(
+            f"the socket directory {path!r} is not a directory (or is a symlink);"
+            " remove it or set UTD_SOCKET_DIR to another path."
+        )
+    if st.st_uid != os.geteuid():
+        raise SocketDirError(
+            f"the socket directory {path!r} belongs to uid {st.st_uid}, not to this"
+            f" user (uid {os.geteuid()}); set UTD_SOCKET_DIR to a directory of yours."
+        )
+    if st.st_mode & 0o077:
+        raise SocketDirError(
+            f"the socket directory {path!r} has mode {stat.S_IMODE(st.st_mode):o};"
+            f" it must be private: run `chmod 700 {path}` or remove it."
+        )
+
+
+def instance_dir(socket_dir: str, instance: str) -> str:
+    """The directory of one server instance inside ``socket_dir``."""
+    return os.path.join(socket_dir, instance)
+
+
+def socket_path(socket_dir: str, instance: str, pid: int) -> str:
+    """The socket of process ``pid`` of ``instance``."""
+    return os.path.join(socket_dir, instance, f"{pid}{SOCKET_SUFFIX}")
+
+
+def unsafe_note_path(socket_dir: str, instance: str, pid: int) -> str:
+    """The note a process leaves when it cannot run an agent safely."""
+    return os.path.join(socket_dir, instance, f"{pid}{UNSAFE_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One process found in an instance directory."""
+
+    pid: int
+    path: str
+    #: ``"socket"`` for an agent socket, ``"unsafe"`` for a note.
+    kind: str
+
+
+def list_entries(directory: str) -> list[Entry]:
+    """The agent sockets and unsafe notes in one instance directory."""
+    entries = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        base, ext = os.path.splitext(name)
+        if not base.isdigit():
+            continue
+        if ext == SOCKET_SUFFIX:
+            entries.append(Entry(int(base), os.path.join(directory, name), "socket"))
+        elif ext == UNSAFE_SUFFIX:
+            entries.append(Entry(int(base), os.path.join(directory, name), "unsafe"))
+    entries.sort(key=lambda e: e.pid)
+    return entries
+
+
+def pid_alive(pid: int) -> bool:
+    """A hint only (PIDs are reused): whether a process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_instances(socket_dir: str) -> list[str]:
+    """The instance directories in ``socket_dir`` whose owner process still exists."""
+    try:
+        names = sorted(os.listdir(socket_dir))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.isdigit() and pid_alive(int(n))]
+
+
+def remove_if_stale(path: str) -> bool:
+    """Remove a socket file if nobody listens on it; return whether it was removed.
+
+    A refused connection is the proof that the process that bound it is gone: a
+    PID alone could have been reused.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.2)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass
+    except OSError:
+        return False
+    else:
+        return False
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            return False
+    return True
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    return int(uid)
+
+
+def peer_allowed(sock: socket.socket) -> bool:
+    """Whether the peer runs as this process's uid, or as root."""
+    uid = peer_uid(sock)
+    return uid == os.geteuid() or uid == 0

@@ -1,0 +1,48 @@
+"""A test app that starts no thread at import. Under uWSGI, its own postfork hook
+(registered before flask-utd's) starts a thread in every worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from flask import Flask
+
+from flask_utd import utd_bp
+
+app = Flask(__name__)
+app.config.from_prefixed_env("DEMO")
+beats = 0
+
+
+def beat() -> None:
+    global beats
+    while True:
+        time.sleep(0.05)
+        beats += 1
+
+
+try:
+    from uwsgidecorators import postfork
+except ImportError:
+    pass
+else:
+
+    @postfork
+    def start_app_thread() -> None:
+        threading.Thread(target=beat, name="app-postfork-thread", daemon=True).start()
+
+
+app.register_blueprint(utd_bp)
+
+
+@app.get("/hello")
+def hello() -> str:
+    time.sleep(float(os.environ.get("DEMO_HELLO_SECONDS", "30")))
+    return "hello\n"
+
+
+@app.get("/beats")
+def get_beats() -> str:
+    return f"{beats}\n"

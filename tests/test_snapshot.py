@@ -1,0 +1,99 @@
+"""The dump of one process, taken in this process."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import threading
+
+from flask_utd.snapshot import ghost_threads
+from flask_utd.snapshot import process_report
+
+
+def test_every_thread_python_knows_is_in_the_dump() -> None:
+    ready = threading.Event()
+    release = threading.Event()
+
+    def parked_here() -> None:
+        ready.set()
+        release.wait(30)
+
+    t = threading.Thread(target=parked_here, name="parked")
+    t.start()
+    try:
+        ready.wait(5)
+        report = process_report(role="process", worker_id=None, agent_idents=())
+        known = set(sys._current_frames())
+    finally:
+        release.set()
+        t.join()
+    assert report["status"] == "ok" and report["pid"] == os.getpid()
+    idents = {th["ident"] for th in report["threads"]}
+    assert known <= idents | {threading.get_ident()}
+    parked = next(th for th in report["threads"] if th["name"] == "parked")
+    functions = [f["function"] for f in parked["frames"]]
+    # Outermost first, innermost last, as in a traceback.
+    assert functions[0] == "_bootstrap"
+    assert "parked_here" in functions
+    assert functions.index("parked_here") < len(functions) - 1  # wait() is deeper
+    here = next(f for f in parked["frames"] if f["function"] == "parked_here")
+    assert here["file"] == __file__ and here["code"] == "release.wait(30)"
+    assert parked["native_id"] == t.native_id and parked["daemon"] is False
+    assert parked["is_agent"] is False and parked["request"] is None
+    json.dumps(report)
+
+
+def test_agent_threads_are_marked_and_last() -> None:
+    report = process_report(
+        role="worker", worker_id=3, agent_idents={threading.get_ident()}
+    )
+    assert report["role"] == "worker" and report["worker_id"] == 3
+    assert report["threads"][-1]["is_agent"] is True
+    assert report["threads"][-1]["ident"] == threading.get_ident()
+
+
+def test_unsafe_process_reports_why_and_no_stacks() -> None:
+    report = process_report(
+        role="worker", worker_id=1, agent_idents=(), unsafe="because; do X"
+    )
+    assert report["status"] == "unsafe"
+    assert report["error"] == "because; do X"
+    assert report["threads"] == []
+
+
+def test_ghost_threads_are_found_after_a_fork_in_c() -> None:
+    """Fork the way uWSGI does (libc ``fork()``, no Python fork hooks) while a
+    thread runs: the child still lists it, and the dump refuses to read stacks."""
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, args=(30,), name="parent-thread")
+    t.start()
+    read_fd, write_fd = os.pipe()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pid = libc.fork()
+        if pid == 0:  # the child: report and leave at once
+            try:
+                ghosts = [g.name for g in ghost_threads()]
+                report = process_report(role="worker", worker_id=1, agent_idents=())
+                out = json.dumps({"ghosts": ghosts, "report": report})
+            except BaseException as err:  # pragma: no cover - shown by the parent
+                out = json.dumps({"error": repr(err)})
+            os.write(write_fd, out.encode())
+            os._exit(0)
+        os.close(write_fd)
+        data = b""
+        while chunk := os.read(read_fd, 65536):
+            data += chunk
+        os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        t.join()
+        os.close(read_fd)
+    result = json.loads(data)
+    assert result["ghosts"] == ["parent-thread"]
+    assert result["report"]["status"] == "unsafe"
+    assert "py-call-uwsgi-fork-hooks = true" in result["report"]["error"]
+    assert result["report"]["threads"] == []
+    assert ghost_threads() == []  # and none here, in the parent
