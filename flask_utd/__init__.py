@@ -8,8 +8,6 @@ runs without importing Flask.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -22,11 +20,6 @@ if TYPE_CHECKING:
     from .blueprint import utd_bp
     from .extension import UTD
 
-try:
-    __version__ = version("flask-utd")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 __all__ = [
     "UTD",
     "ConfigError",
@@ -38,6 +31,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # importlib.metadata costs the lean command tens of milliseconds.
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version
+
+        try:
+            return version("flask-utd")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "0.0.0"
     if name == "utd_bp":
         from .blueprint import utd_bp
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait
 from datetime import datetime
 from datetime import timezone
 from typing import Any
@@ -52,11 +51,15 @@ def _timeout_message(pid: int, timeout: float) -> str:
 
 
 def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> dict[str, Any]:
-    """Ask the agent on ``path`` for its process report; never raise."""
-    from . import rpc
+    """Ask the agent on ``path`` for its process report; never raise.
+
+    Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
+    not import RPyC (see docs/performance.rst).
+    """
+    from . import wire
 
     try:
-        conn = rpc.connect(path, deadline)
+        conn = wire.Connection(path, deadline)
     except ConnectionRefusedError:
         if sockets.remove_if_stale(path):
             return _entry(
@@ -73,12 +76,10 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
             pid, "error", f"cannot connect to the agent of process {pid}: {err}."
         )
     try:
-        payload = conn.root.dump(options)
-    except TimeoutError:  # RPyC's AsyncResultTimeout is a TimeoutError
+        payload = conn.call("dump", options)
+    except TimeoutError:
         return _entry(pid, "timeout", _timeout_message(pid, timeout))
-    except EOFError as err:
-        if "deadline" in str(err):
-            return _entry(pid, "timeout", _timeout_message(pid, timeout))
+    except (EOFError, ConnectionResetError):
         return _entry(
             pid,
             "refused",
@@ -89,10 +90,7 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
     except Exception as err:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
     finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
+        conn.close()
     try:
         report = json.loads(payload)
         if not isinstance(report, dict) or report.get("pid") != pid:
@@ -117,6 +115,33 @@ def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return _entry(entry.pid, "unsafe", "this process runs no agent.")
+
+
+def _ask_all(
+    asked: list[sockets.Entry], deadline: float, timeout: float, options: str
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """Ask every agent at once, one daemon thread each; ``None`` for those that
+    have not answered by ``deadline`` plus :data:`MARGIN`.
+
+    Plain threads rather than a thread pool: :mod:`concurrent.futures` costs the
+    lean command more to import than all its asks take. A straggler is never
+    waited for: it ends by itself at its deadline.
+    """
+    answers: dict[int, dict[str, Any]] = {}
+
+    def run(entry: sockets.Entry) -> None:
+        answers[entry.pid] = ask(entry.path, entry.pid, deadline, timeout, options)
+
+    threads = [
+        threading.Thread(target=run, args=(e,), name="utd-ask", daemon=True)
+        for e in asked
+    ]
+    for thread in threads:
+        thread.start()
+    end = deadline + MARGIN
+    for thread in threads:
+        thread.join(max(0.0, end - time.monotonic()))
+    return [(e.pid, answers.get(e.pid)) for e in asked]
 
 
 def collect(
@@ -155,21 +180,10 @@ def collect(
                 processes.append(found)
     asked = [e for e in entries if e.kind == "socket"]
     if asked:
-        pool = ThreadPoolExecutor(max_workers=min(32, len(asked)))
-        futures = {
-            e.pid: pool.submit(ask, e.path, e.pid, deadline, timeout, text_options)
-            for e in asked
-        }
-        wait(futures.values(), timeout=timeout + MARGIN)
-        # Never wait for a straggler: it ends by itself at its deadline.
-        pool.shutdown(wait=False, cancel_futures=True)
-        for entry_pid, future in futures.items():
-            if future.done() and not future.cancelled():
-                processes.append(future.result())
-            else:
-                processes.append(
-                    _entry(entry_pid, "timeout", _timeout_message(entry_pid, timeout))
-                )
+        for entry_pid, answer in _ask_all(asked, deadline, timeout, text_options):
+            if answer is None:
+                answer = _entry(entry_pid, "timeout", _timeout_message(entry_pid, timeout))
+            processes.append(answer)
     known = {p["pid"] for p in processes}
     for worker in roster or ():
         if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"]):

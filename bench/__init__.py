@@ -1,0 +1,1 @@
+"""``make bench``: flask-utd against py-spy and against no extension."""

@@ -1,0 +1,308 @@
+"""A minimal RPyC client: just enough of RPyC's wire protocol to call ``dump``.
+
+The collector asks every agent for one thing: ``root.dump(options)``, a string
+in, a string out. ``import rpyc`` alone costs about 90 ms, which is more than
+half of what a lean dump may take (see docs/performance.rst), so the collector
+speaks the few messages it needs itself, to the unchanged RPyC server of the
+agent:
+
+- the channel: frames of ``!LB`` (length, zlib-compressed flag), the payload,
+  then ``b"\\n"``;
+- a message: one byte (``MSG_REQUEST`` 1, ``MSG_REPLY`` 2, ``MSG_EXCEPTION`` 3)
+  then, in brine, ``(seq, body)``; a request's body is ``(handler, boxed args)``;
+- brine, RPyC's serializer, for ``None``, ``bool``, ``int``, ``float``,
+  ``bytes``, ``str`` and ``tuple`` (nothing else is sent or accepted);
+- two requests: ``HANDLE_GETROOT`` (answers a reference to the service) and
+  ``HANDLE_CALLATTR`` on that reference with ``"dump"``, which RPyC checks and
+  resolves exactly as it does ``root.dump(...)`` (only ``exposed_`` names).
+
+Nothing that comes back is ever turned into a reference or an object: a reply
+that is not plain data is an error. The agent side stays pure RPyC
+(:mod:`flask_utd.agent`); the tests check this client against it.
+
+Imports neither RPyC nor Flask.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+MSG_REQUEST = 1
+MSG_REPLY = 2
+MSG_EXCEPTION = 3
+LABEL_VALUE = 1
+LABEL_TUPLE = 2
+LABEL_LOCAL_REF = 3
+LABEL_REMOTE_REF = 4
+HANDLE_GETROOT = 3
+HANDLE_CALLATTR = 8
+
+_FRAME = struct.Struct("!LB")
+_I1 = struct.Struct("!B")
+_I4 = struct.Struct("!L")
+_F8 = struct.Struct("!d")
+#: The largest reply accepted (a report of thousands of deep threads fits).
+MAX_FRAME = 256 * 1024 * 1024
+
+
+class RemoteError(Exception):
+    """The agent answered with an exception: its type name and arguments."""
+
+
+class ProtocolError(Exception):
+    """The peer sent something this client does not expect."""
+
+
+# -- brine -----------------------------------------------------------------------
+
+
+def _dump(obj: Any, out: list[bytes]) -> None:
+    kind = type(obj)
+    if obj is None:
+        out.append(b"\x00")
+    elif kind is bool:
+        out.append(b"\x03" if obj else b"\x04")
+    elif kind is int:
+        if -0x30 <= obj < 0xA0:
+            out.append(_I1.pack(obj + 0x50))
+        else:
+            digits = str(obj).encode()
+            if len(digits) < 256:
+                out.append(b"\x16" + _I1.pack(len(digits)) + digits)
+            else:
+                out.append(b"\x17" + _I4.pack(len(digits)) + digits)
+    elif kind is str:
+        out.append(b"\x08")
+        _dump(obj.encode("utf-8"), out)
+    elif kind is bytes:
+        size = len(obj)
+        if size == 0:
+            out.append(b"\x01")
+        elif size <= 4:
+            out.append(bytes((0x0A + size - 1,)) + obj)
+        elif size < 256:
+            out.append(b"\x0e" + _I1.pack(size) + obj)
+        else:
+            out.append(b"\x0f" + _I4.pack(size) + obj)
+    elif kind is tuple:
+        size = len(obj)
+        if size == 0:
+            out.append(b"\x02")
+        elif size <= 4:
+            out.append(bytes((0x10 + size - 1,)))
+        elif size < 256:
+            out.append(b"\x14" + _I1.pack(size))
+        else:
+            out.append(b"\x15" + _I4.pack(size))
+        for item in obj:
+            _dump(item, out)
+    else:
+        raise TypeError(f"cannot send a {kind.__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` in brine (``None``, ``bool``, ``int``, ``str``, ``bytes``, ``tuple``)."""
+    out: list[bytes] = []
+    _dump(obj, out)
+    return b"".join(out)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, count: int) -> bytes:
+        end = self.pos + count
+        if end > len(self.data):
+            raise ProtocolError("truncated message")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def load(self) -> Any:
+        tag = self.take(1)[0]
+        if 0x20 <= tag < 0xF0:
+            return tag - 0x50
+        if tag == 0x00:
+            return None
+        if tag == 0x01:
+            return b""
+        if tag == 0x02:
+            return ()
+        if tag == 0x03:
+            return True
+        if tag == 0x04:
+            return False
+        if tag == 0x08:
+            raw = self.load()
+            if type(raw) is not bytes:
+                raise ProtocolError("bad string")
+            return raw.decode("utf-8")
+        if 0x0A <= tag <= 0x0D:
+            return self.take(tag - 0x0A + 1)
+        if tag == 0x0E:
+            return self.take(self.take(1)[0])
+        if tag == 0x0F:
+            return self.take(_I4.unpack(self.take(4))[0])
+        if 0x10 <= tag <= 0x13:
+            return tuple(self.load() for _ in range(tag - 0x10 + 1))
+        if tag == 0x14:
+            return tuple(self.load() for _ in range(self.take(1)[0]))
+        if tag == 0x15:
+            return tuple(self.load() for _ in range(_I4.unpack(self.take(4))[0]))
+        if tag == 0x16:
+            return int(self.take(self.take(1)[0]))
+        if tag == 0x17:
+            return int(self.take(_I4.unpack(self.take(4))[0]))
+        if tag == 0x18:
+            return _F8.unpack(self.take(8))[0]
+        raise ProtocolError(f"unexpected brine tag {tag:#x}")
+
+
+def loads(data: bytes) -> Any:
+    """The object that ``data`` holds in brine (the subset :func:`dumps` writes)."""
+    reader = _Reader(data)
+    obj = reader.load()
+    if reader.pos != len(data):
+        raise ProtocolError("trailing bytes")
+    return obj
+
+
+# -- the connection --------------------------------------------------------------
+
+
+class Connection:
+    """One connection to an agent, every read and write bounded by ``deadline``.
+
+    :raises ConnectionRefusedError: nobody listens on ``path``.
+    :raises OSError: the socket cannot be reached.
+    :raises TimeoutError: the deadline passed.
+    """
+
+    def __init__(self, path: str, deadline: float) -> None:
+        self.deadline = deadline
+        self.seq = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._arm()
+            self.sock.connect(path)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the connection's deadline has passed")
+        self.sock.settimeout(left)
+
+    def _read(self, count: int) -> bytes:
+        chunks = []
+        while count > 0:
+            self._arm()
+            chunk = self.sock.recv(min(count, 1 << 20))
+            if not chunk:
+                raise EOFError("connection closed by peer")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    def _send_frame(self, payload: bytes) -> None:
+        self._arm()
+        self.sock.sendall(_FRAME.pack(len(payload), 0) + payload + b"\n")
+
+    def _recv_frame(self) -> bytes:
+        length, compressed = _FRAME.unpack(self._read(_FRAME.size))
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes is too large")
+        data = self._read(length + 1)[:-1]
+        if compressed:
+            import zlib
+
+            data = zlib.decompress(data)
+        return data
+
+    def request(self, handler: int, boxed_args: tuple[Any, ...]) -> tuple[int, Any]:
+        """Send one request and return the peer's boxed answer: ``(label, value)``.
+
+        :raises RemoteError: the peer answered with an exception.
+        """
+        self.seq += 1
+        seq = self.seq
+        self._send_frame(_I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args))))
+        data = self._recv_frame()
+        if not data:
+            raise ProtocolError("empty message")
+        msg = data[0]
+        if msg not in (MSG_REPLY, MSG_EXCEPTION):
+            # The agent never calls back: a request from it is not expected.
+            raise ProtocolError(f"unexpected message type {msg}")
+        answer = loads(data[1:])
+        if type(answer) is not tuple or len(answer) != 2 or answer[0] != seq:
+            raise ProtocolError("reply to another request")
+        if msg == MSG_EXCEPTION:
+            raise RemoteError(_exception_text(answer[1]))
+        boxed = answer[1]
+        if type(boxed) is not tuple or len(boxed) != 2:
+            raise ProtocolError("bad reply")
+        return boxed[0], boxed[1]
+
+    def call(self, name: str, *args: Any) -> Any:
+        """``root.<name>(*args)`` on the peer's service; a plain value back.
+
+        :raises ProtocolError: the answer is a reference, not plain data.
+        """
+        label, root = self.request(HANDLE_GETROOT, (LABEL_VALUE, ()))
+        if label != LABEL_REMOTE_REF or type(root) is not tuple or len(root) != 3:
+            raise ProtocolError("the root is not a remote object")
+        boxed_args = (
+            LABEL_TUPLE,
+            (
+                (LABEL_LOCAL_REF, root),
+                (LABEL_VALUE, name),
+                (LABEL_VALUE, tuple(args)),
+                (LABEL_VALUE, ()),
+            ),
+        )
+        label, value = self.request(HANDLE_CALLATTR, boxed_args)
+        if label != LABEL_VALUE:
+            raise ProtocolError(f"{name} answered a reference, not plain data")
+        return value
+
+
+def _exception_text(raw: Any) -> str:
+    """What RPyC's ``vinegar`` sent: ``((module, name), args, attrs, traceback)``."""
+    try:
+        (_module, name), args = raw[0], raw[1]
+        return f"{name}: {', '.join(str(a) for a in args)}"
+    except (TypeError, ValueError, IndexError):
+        return f"remote exception {raw!r}"
+
+
+def call(path: str, deadline: float, name: str, *args: Any) -> Any:
+    """Connect to the agent on ``path``, call ``root.<name>(*args)``, close.
+
+    :raises ConnectionRefusedError: nobody listens on ``path``.
+    :raises OSError: the socket cannot be reached.
+    :raises TimeoutError: the deadline passed.
+    :raises EOFError: the peer closed the connection without answering.
+    :raises RemoteError: the call raised in the agent.
+    :raises ProtocolError: the peer does not speak this protocol.
+    """
+    with Connection(path, deadline) as conn:
+        return conn.call(name, *args)
