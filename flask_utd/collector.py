@@ -14,17 +14,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime
-from datetime import timezone
 from typing import Any
 
 from . import sockets
+from . import wire
 from .errors import InstanceNotFound
 
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
 MARGIN = 0.25
 _ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
+
+
+def _utc_now() -> str:
+    """Now, as ISO 8601 UTC with milliseconds (what ``datetime.isoformat`` gives);
+    without :mod:`datetime`, which the lean command need not import."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    return f"{stamp}.{int(now * 1000) % 1000:03d}+00:00"
 
 
 def _entry(
@@ -56,8 +63,6 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
     Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
     not import RPyC (see docs/performance.rst).
     """
-    from . import wire
-
     try:
         conn = wire.Connection(path, deadline)
     except ConnectionRefusedError:
@@ -203,7 +208,7 @@ def collect(
     )
     return {
         "schema": SCHEMA,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "generated_at": _utc_now(),
         "host": socket.gethostname(),
         "instance": instance,
         "elapsed_s": round(time.monotonic() - started, 4),

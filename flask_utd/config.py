@@ -8,7 +8,6 @@ that names the key.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,8 @@ def default_socket_dirs() -> list[str]:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         dirs.append(os.path.join(runtime, "flask-utd"))
+    import tempfile  # only here: the lean command may not need it
+
     dirs.append(os.path.join(tempfile.gettempdir(), f"flask-utd-{os.geteuid()}"))
     return dirs
 

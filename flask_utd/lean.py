@@ -1,23 +1,23 @@
 """``python -m flask_utd dump``: the lean command, without Flask, click or RPyC.
 
 A dump is taken when the server is in trouble, so this command is built to start
-fast: it imports only the standard library's cheapest modules, the collector and
+fast: it imports only the standard library's cheapest modules (not even
+:mod:`argparse`), the collector and
 :mod:`flask_utd.wire`. Its options, output and exit codes are those of
 ``flask utd dump`` (:mod:`flask_utd.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .collector import all_answered
 from .collector import collect
 from .collector import find_instance
-from .config import default_socket_dirs
 from .errors import InstanceNotFound
 from .render import render_text
 
@@ -26,46 +26,80 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in the range 0<x<=60")
-    return value
+USAGE = """\
+Usage: {prog} dump [OPTIONS]
+
+  Print a thread dump of every process of the running server.
+
+Options:
+  --socket-dir DIR     The server's UTD_SOCKET_DIR (default: the per-user
+                       directories).
+  --json               Print the flask-utd/1 JSON report.
+  --pid PID            Only this process.
+  --instance ID        The server instance (its master's pid), when several
+                       are running.
+  --timeout SECONDS    Each process's deadline in seconds, more than 0 and at
+                       most 60 (default: 2).
+  --help               Show this message and exit.
+"""
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="flask-utd without Flask: talk to the agents' sockets directly.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    dump = commands.add_parser(
-        "dump",
-        help="Print a thread dump of every process of the running server.",
-        description="Print a thread dump of every process of the running server.",
-    )
-    dump.add_argument(
-        "--socket-dir",
-        help="The server's UTD_SOCKET_DIR (default: the per-user directories).",
-    )
-    dump.add_argument(
-        "--json", dest="as_json", action="store_true", help="Print the flask-utd/1 JSON report."
-    )
-    dump.add_argument("--pid", type=int, help="Only this process.")
-    dump.add_argument(
-        "--instance",
-        help="The server instance (its master's pid), when several are running.",
-    )
-    dump.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=2.0,
-        help="Each process's deadline in seconds (default: 2).",
-    )
-    return parser
+class _Usage(Exception):
+    """A command line this command does not take."""
+
+
+def _parse(argv: Sequence[str]) -> dict[str, Any]:
+    """The options of ``dump``, parsed by hand: :mod:`argparse` and what it pulls
+    in (``gettext``, ``locale``, ``shutil``) cost more than a dump's whole budget."""
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        raise _Usage("")
+    if args[0] != "dump":
+        raise _Usage(f"no such command {args[0]!r}.")
+    options: dict[str, Any] = {
+        "socket_dir": None,
+        "as_json": False,
+        "pid": None,
+        "instance": None,
+        "timeout": 2.0,
+    }
+    takes_value = {"--socket-dir", "--pid", "--instance", "--timeout"}
+    rest = args[1:]
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("-h", "--help"):
+            raise _Usage("")
+        name, eq, value = arg.partition("=")
+        if name == "--json" and not eq:
+            options["as_json"] = True
+            continue
+        if name not in takes_value:
+            raise _Usage(f"no such option: {name}")
+        if not eq:
+            if not rest:
+                raise _Usage(f"option {name} requires an argument.")
+            value = rest.pop(0)
+        if name == "--socket-dir":
+            options["socket_dir"] = value
+        elif name == "--instance":
+            options["instance"] = value
+        elif name == "--pid":
+            try:
+                options["pid"] = int(value)
+            except ValueError:
+                raise _Usage(f"invalid value for --pid: {value!r} is not an integer.") from None
+        else:
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = float("nan")
+            if not 0 < timeout <= 60:
+                raise _Usage(
+                    f"invalid value for --timeout: {value!r} is not a number more"
+                    " than 0 and at most 60."
+                )
+            options["timeout"] = timeout
+    return options
 
 
 def dump(
@@ -100,17 +134,27 @@ def dump(
 
 def main(argv: Sequence[str] | None = None, prog_name: str = "python -m flask_utd") -> None:
     """Run the lean command line and exit with its code."""
-    args = _parser(prog_name).parse_args(argv)
-    if args.socket_dir:
-        dirs = [os.path.abspath(args.socket_dir)]
+    try:
+        options = _parse(sys.argv[1:] if argv is None else argv)
+    except _Usage as err:
+        usage = USAGE.format(prog=prog_name)
+        if not str(err):
+            sys.stdout.write(usage)
+            raise SystemExit(EXIT_OK) from None
+        sys.stderr.write(f"{usage}\nError: {err}\n")
+        raise SystemExit(EXIT_USAGE) from None
+    if options["socket_dir"]:
+        dirs = [os.path.abspath(options["socket_dir"])]
     else:
+        from .config import default_socket_dirs
+
         dirs = default_socket_dirs()
     raise SystemExit(
         dump(
             dirs,
-            instance=args.instance,
-            pid=args.pid,
-            as_json=args.as_json,
-            timeout=args.timeout,
+            instance=options["instance"],
+            pid=options["pid"],
+            as_json=options["as_json"],
+            timeout=options["timeout"],
         )
     )

@@ -17,7 +17,7 @@ import os
 import socket
 import stat
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import SocketDirError
 
@@ -97,9 +97,12 @@ def unsafe_note_path(socket_dir: str, instance: str, pid: int) -> str:
     return os.path.join(socket_dir, instance, f"{pid}{UNSAFE_SUFFIX}")
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One process found in an instance directory."""
+class Entry(NamedTuple):
+    """One process found in an instance directory.
+
+    A named tuple, not a dataclass: :mod:`dataclasses` costs the lean command
+    more to import than this whole module.
+    """
 
     pid: int
     path: str

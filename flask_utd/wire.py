@@ -28,6 +28,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import zlib
 from typing import Any
 
 MSG_REQUEST = 1
@@ -232,8 +233,6 @@ class Connection:
             raise ProtocolError(f"frame of {length} bytes is too large")
         data = self._read(length + 1)[:-1]
         if compressed:
-            import zlib
-
             data = zlib.decompress(data)
         return data
 
