@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from collections.abc import Collection
+from types import CodeType
 from types import FrameType
 from typing import Any
 
@@ -44,20 +45,38 @@ def ghost_threads() -> list[threading.Thread]:
     ]
 
 
-def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
+def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
+    line = lineno or code.co_firstlineno
+    text = linecache.getline(code.co_filename, line).strip()
+    return {
+        "file": code.co_filename,
+        "line": line,
+        "function": code.co_name,
+        "code": text or None,
+    }
+
+
+def _frame_stack(
+    frame: FrameType | None, memo: dict[tuple[int, int | None], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The frames of one stack, outermost first.
+
+    ``memo`` maps ``(id(code), line)`` to the frame's entry for one snapshot:
+    threads of a server run the same code, so most frames are looked up rather
+    than built (and their source line read) again; the same entry then appears
+    in several stacks. Entries are shared: treat them as read-only. The ids are
+    stable because the frames keep their code objects alive for the snapshot.
+    """
     frames: list[dict[str, Any]] = []
+    append = frames.append
     while frame is not None:
         code = frame.f_code
-        lineno = frame.f_lineno or code.co_firstlineno
-        line = linecache.getline(code.co_filename, lineno).strip()
-        frames.append(
-            {
-                "file": code.co_filename,
-                "line": lineno,
-                "function": code.co_name,
-                "code": line or None,
-            }
-        )
+        lineno = frame.f_lineno
+        key = (id(code), lineno)
+        entry = memo.get(key)
+        if entry is None:
+            entry = memo[key] = _frame_entry(code, lineno)
+        append(entry)
         frame = frame.f_back
     frames.reverse()
     return frames
@@ -86,6 +105,7 @@ def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
     tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
     current = sys._current_frames()
+    memo: dict[tuple[int, int | None], dict[str, Any]] = {}
     try:
         threads = []
         for ident, frame in current.items():
@@ -98,11 +118,11 @@ def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
                     "daemon": thread.daemon if thread else None,
                     "is_agent": ident in agent_idents,
                     "request": None,
-                    "frames": _frame_stack(frame),
+                    "frames": _frame_stack(frame, memo),
                 }
             )
     finally:
-        del current
+        del current, memo
     # The agent's own threads last: they are never the interesting ones.
     threads.sort(key=lambda t: t["is_agent"])
     return threads

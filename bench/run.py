@@ -1,0 +1,658 @@
+"""``make bench``: flask-utd against py-spy and against no extension.
+
+Every figure is a ratio against a peer measured in the same run, alternating
+with it, so that a busy machine slows both sides alike. ``BENCH_SMOKE=1`` runs
+tiny sizes once: it checks that the benchmark runs and prints its table (the
+test suite does this), not the targets.
+
+See docs/performance.rst for the method and the latest figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import venv
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from demo_app.server import ROOT
+from demo_app.server import UwsgiServer
+from demo_app.server import uwsgi_binary
+
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+#: Workers per server for (a) and (b).
+WORKER_COUNTS = (1,) if SMOKE else (1, 4, 16)
+#: Alternating runs of each command line in (a).
+RUNS = 1 if SMOKE else 7
+#: In-process repetitions for (b) and (c).
+REPS = 1 if SMOKE else 15
+THREAD_COUNTS = (10,) if SMOKE else (100, 1000)
+DEPTH = 5 if SMOKE else 20
+#: (d): alternating bursts per server, seconds per burst, load-generator processes.
+BURSTS = 1 if SMOKE else 5
+BURST_SECONDS = 0.5 if SMOKE else 3.0
+CLIENTS = 2
+#: (e): how long the agent is watched while idle.
+IDLE_SECONDS = 2.0 if SMOKE else 60.0
+
+#: uWSGI settings shared by every server of the benchmark.
+UWSGI_OPTIONS = [
+    "--module",
+    "bench.app:app",
+    "--master",
+    "--py-call-uwsgi-fork-hooks",
+    "--die-on-term",
+    "--need-app",
+    "--disable-logging",
+]
+#: x86_64 and aarch64 numbers of accept4(2), to say where the agent blocks.
+ACCEPT4 = {"x86_64": 288, "aarch64": 242}
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    section: str
+    what: str
+    ours: str
+    peer: str = ""
+    ratio: float | None = None
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Table:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  {row.section} {row.what}: {row.ours} | {row.peer}", file=sys.stderr)
+
+    def render(self) -> str:
+        head = ("", "measure", "flask-utd", "peer", "ratio", "target", "result")
+        lines = [
+            (
+                r.section,
+                r.what,
+                r.ours,
+                r.peer,
+                "" if r.ratio is None else f"{r.ratio:.2f}x",
+                r.target,
+                r.verdict,
+            )
+            for r in self.rows
+        ]
+        widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
+        sep = "+".join("-" * (w + 2) for w in widths)
+        out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)), sep]
+        out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+        return "\n".join(out) + "\n"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def verdict(ratio: float | None, limit: float, *, at_least: bool = False) -> str:
+    if ratio is None:
+        return "not measured"
+    if at_least:
+        return "met" if ratio >= limit else f"MISSED by {limit - ratio:.2f}x"
+    return "met" if ratio <= limit else f"MISSED by {ratio - limit:.2f}x"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPU(s), {model}, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}, load average"
+        f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+
+
+# -- servers ----------------------------------------------------------------------
+
+
+@contextmanager
+def uwsgi_server(
+    workers: int, socket_dir: str, *, utd: bool = True, stuck: bool = True
+) -> Iterator[UwsgiServer]:
+    """A real uWSGI: a master and ``workers`` workers, one request stuck in a worker."""
+    binary = uwsgi_binary()
+    if binary is None:
+        raise SystemExit("uWSGI is not installed in this venv: run `make venv`.")
+    log = Path(socket_dir).parent / f"uwsgi-{os.path.basename(socket_dir)}.log"
+    env = {
+        "BENCH_UTD_SOCKET_DIR": socket_dir,
+        "BENCH_UTD": "1" if utd else "0",
+        "PYTHONPATH": str(ROOT),
+    }
+    server = UwsgiServer(binary, [*UWSGI_OPTIONS, "--workers", str(workers)], Path(log), env)
+    server.start()
+    held: list[socket.socket] = []
+    try:
+        if utd:
+            instance = os.path.join(socket_dir, str(server.pid))
+            wait_for(lambda: _count_sockets(instance) == workers + 1, "every agent listens")
+        else:
+            wait_for(lambda: len(worker_pids(server.pid)) == workers, "every worker runs")
+        if stuck:
+            assert server.port is not None
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /stuck HTTP/1.0\r\nHost: bench\r\n\r\n")
+            held.append(sock)
+            if utd:
+                wait_for(lambda: _stuck_seen(socket_dir, server.pid), "the stuck request")
+        yield server
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def _count_sockets(directory: str) -> int:
+    try:
+        return sum(name.endswith(".sock") for name in os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+
+
+def _stuck_seen(socket_dir: str, master: int) -> bool:
+    from flask_utd.collector import collect
+
+    report = collect(socket_dir, str(master))
+    return any(
+        frame["function"] == "stuck"
+        for p in report["processes"]
+        for t in p["threads"]
+        for frame in t["frames"]
+    )
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark set-up: {what} not within {timeout} s")
+        time.sleep(0.05)
+
+
+def worker_pids(master: int) -> list[int]:
+    """The children of ``master`` (uWSGI's workers), from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == master:
+            pids.append(int(name))
+    return sorted(pids)
+
+
+# -- (a) whole-process wall time of a dump ---------------------------------------
+
+
+def plain_install(tmp: str) -> str:
+    """A scratch venv with flask_utd copied in, as ``pip install`` would leave it:
+    without the editable-install hook that the development venv runs at every
+    Python start-up. The lean command needs nothing but the standard library."""
+    target = os.path.join(tmp, "plain-venv")
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(target)
+    python = os.path.join(target, "bin", "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    shutil.copytree(
+        ROOT / "flask_utd",
+        os.path.join(site, "flask_utd"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return python
+
+
+def py_spy() -> str | None:
+    candidate = Path(sys.executable).parent / "py-spy"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("py-spy")
+
+
+def run_timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=dict(os.environ, **(env or {})),
+        timeout=60,
+    )
+    elapsed = time.perf_counter() - started
+    return elapsed, proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
+    spy = py_spy()
+    spy_note = "py-spy not installed (make bench installs it)" if spy is None else ""
+    for workers in WORKER_COUNTS:
+        socket_dir = tempfile.mkdtemp(prefix="b", dir=tmp)
+        with uwsgi_server(workers, socket_dir) as server:
+            commands: dict[str, tuple[list[str], dict[str, str]]] = {
+                "lean": (
+                    [plain_python, "-m", "flask_utd", "dump", "--socket-dir", socket_dir],
+                    {},
+                ),
+                "lean-dev": (
+                    [sys.executable, "-m", "flask_utd", "dump", "--socket-dir", socket_dir],
+                    {},
+                ),
+                "flask": (
+                    [sys.executable, "-m", "flask", "--app", "bench.app", "utd", "dump"],
+                    {"BENCH_UTD_SOCKET_DIR": socket_dir, "PYTHONPATH": str(ROOT)},
+                ),
+                "python": ([plain_python, "-c", "pass"], {}),
+            }
+            if spy is not None and not spy_note:
+                commands["py-spy"] = (
+                    [spy, "dump", "--pid", str(server.pid), "--subprocesses"],
+                    {},
+                )
+            times: dict[str, list[float]] = {name: [] for name in commands}
+            # One untimed run each: compiles .pyc files, and checks every command works.
+            for name, (argv, env) in list(commands.items()):
+                _, code, output = run_timed(argv, env)
+                if code != 0:
+                    if name == "py-spy":
+                        spy_note = f"py-spy failed here (exit {code}): {output.strip()[:200]}"
+                        del commands[name], times[name]
+                        continue
+                    raise RuntimeError(f"{name} dump failed (exit {code}):\n{output}")
+                if name != "python" and "stuck" not in output:
+                    raise RuntimeError(f"{name} dump does not show the stuck request")
+            for _ in range(RUNS):
+                for name, (argv, env) in commands.items():
+                    times[name].append(run_timed(argv, env)[0])
+            med = {name: statistics.median(values) for name, values in times.items()}
+            spy_med = med.get("py-spy")
+            label = f"master + {workers} worker(s)"
+            for name, title in (
+                ("lean", "python -m flask_utd dump"),
+                ("lean-dev", "the same, editable dev venv"),
+                ("flask", "flask utd dump"),
+                ("python", "python -c pass (start-up floor)"),
+            ):
+                ratio = med[name] / spy_med if spy_med else None
+                target, result = "", ""
+                if name == "lean" and workers == 16:
+                    target, result = "<= 0.5x py-spy", verdict(ratio, 0.5)
+                table.add(
+                    Row(
+                        "a",
+                        f"{label}: {title}",
+                        ms(med[name]),
+                        f"py-spy {ms(spy_med)}" if spy_med else spy_note or "n/a",
+                        ratio,
+                        target,
+                        result,
+                    )
+                )
+            bench_round_trips(table, socket_dir, server, workers)
+    if spy_note:
+        table.add(Row("a", "py-spy", spy_note))
+
+
+# -- (b) collecting the whole instance against one agent round trip -------------
+
+
+def bench_round_trips(table: Table, socket_dir: str, server: UwsgiServer, workers: int) -> None:
+    from flask_utd.collector import ask
+    from flask_utd.collector import collect
+
+    instance = str(server.pid)
+    one = next(
+        os.path.join(socket_dir, instance, name)
+        for name in sorted(os.listdir(os.path.join(socket_dir, instance)))
+        if name.endswith(".sock") and name != f"{instance}.sock"
+    )
+    one_pid = int(os.path.basename(one).split(".")[0])
+    whole: list[float] = []
+    single: list[float] = []
+    for _ in range(REPS):
+        started = time.perf_counter()
+        report = collect(socket_dir, instance)
+        whole.append(time.perf_counter() - started)
+        assert len(report["processes"]) == workers + 1
+        started = time.perf_counter()
+        answer = ask(one, one_pid, time.monotonic() + 2.0, 2.0, "{}")
+        single.append(time.perf_counter() - started)
+        assert answer["status"] == "ok", answer
+    w, s = statistics.median(whole), statistics.median(single)
+    label = f"master + {workers} worker(s)"
+    table.add(
+        Row(
+            "b",
+            f"{label}: collector.collect (in process)",
+            ms(w),
+            f"one agent round trip {ms(s)}",
+            w / s,
+            "<= 3x" if workers == 16 else "",
+            verdict(w / s, 3.0) if workers == 16 else "",
+        )
+    )
+    endpoint = measure_endpoint(server, socket_dir)
+    table.add(
+        Row(
+            "b",
+            f"{label}: GET /_utd/dump (endpoint)",
+            ms(endpoint) if endpoint is not None else "SLOT: endpoint not built yet (issue 3)",
+            f"one agent round trip {ms(s)}",
+            endpoint / s if endpoint is not None else None,
+            "<= 3x" if workers == 16 else "",
+            verdict(endpoint / s, 3.0) if endpoint is not None and workers == 16 else "",
+        )
+    )
+
+
+def measure_endpoint(server: UwsgiServer, socket_dir: str) -> float | None:
+    """SLOT for issue 3: the median latency of ``GET /_utd/dump`` on ``server``.
+
+    Returns ``None`` until the endpoint exists; fill in: sign a dump URL for the
+    app (bench.app), request it REPS times over loopback, return the median.
+    """
+    return None
+
+
+# -- (c) the in-process snapshot against the bare frame walk ---------------------
+
+
+def bare_walk() -> int:
+    """The least a thread dump does: every thread's frames, as (file, line, function)."""
+    count = 0
+    for frame in sys._current_frames().values():
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append((code.co_filename, frame.f_lineno, code.co_name))
+            frame = frame.f_back
+        count += len(stack)
+    return count
+
+
+@contextmanager
+def parked_threads(count: int, depth: int) -> Iterator[None]:
+    release = threading.Event()
+    ready = threading.Semaphore(0)
+
+    def dive(level: int) -> None:
+        if level < depth:
+            dive(level + 1)
+        else:
+            ready.release()
+            release.wait()
+
+    old = threading.stack_size(256 * 1024)
+    threads = [threading.Thread(target=dive, args=(1,), daemon=True) for _ in range(count)]
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in threads:
+            ready.acquire()
+        yield
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+        threading.stack_size(old)
+
+
+def bench_snapshot(table: Table) -> None:
+    from flask_utd.snapshot import process_report
+    from flask_utd.snapshot import thread_reports
+
+    for count in THREAD_COUNTS:
+        with parked_threads(count, DEPTH):
+            snap: list[float] = []
+            bare: list[float] = []
+            full: list[float] = []
+            thread_reports(())  # warm linecache, as a running agent has it
+            for _ in range(REPS):
+                started = time.perf_counter()
+                bare_walk()
+                bare.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                threads = thread_reports(())
+                snap.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                json.dumps(process_report(role="process", worker_id=None, agent_idents=()))
+                full.append(time.perf_counter() - started)
+            assert len(threads) > count
+            b, s, f = (statistics.median(x) for x in (bare, snap, full))
+            label = f"{count} threads x {DEPTH} frames"
+            table.add(
+                Row("c", f"{label}: snapshot", ms(s), f"bare walk {ms(b)}", s / b,
+                    "<= 1.5x", verdict(s / b, 1.5))
+            )
+            table.add(
+                Row("c", f"{label}: whole dump incl. JSON (info)", ms(f),
+                    f"bare walk {ms(b)}", f / b)
+            )
+
+
+# -- (d) throughput with and without utd_bp, (e) the agent's cost ---------------
+
+LOAD = r"""
+import socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+request = b"GET /hello HTTP/1.0\r\nHost: bench\r\n\r\n"
+count, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(request)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    if b" 200 " not in data[:16]:
+        sys.exit("bad answer: %r" % data[:200])
+    count += 1
+print(count)
+"""
+
+
+def burst(port: int) -> float:
+    """Requests per second of :data:`CLIENTS` load-generator processes on loopback."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD, str(port), str(BURST_SECONDS)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(CLIENTS)
+    ]
+    total = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=BURST_SECONDS + 30)
+        if proc.returncode != 0:
+            raise RuntimeError("the load generator failed")
+        total += int(out)
+    return total / BURST_SECONDS
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, private = USS) of ``pid`` in KiB."""
+    rss = private = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+    return rss, private
+
+
+def thread_stat(pid: int, tid: int) -> tuple[str, int]:
+    """(state, utime + stime in clock ticks) of one thread."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[11]) + int(fields[12])
+
+
+def process_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def blocked_in(pid: int, tid: int) -> str:
+    """Where a thread waits: its wchan and system call."""
+    parts = []
+    try:
+        with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+            parts.append(f.read().strip() or "?")
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            number = int(f.read().split()[0])
+        name = "accept4" if ACCEPT4.get(platform.machine()) == number else f"syscall {number}"
+        parts.append(name)
+    except (OSError, ValueError, IndexError):
+        pass
+    return "/".join(parts) or "unknown"
+
+
+def bench_server_costs(table: Table, tmp: str) -> None:
+    from flask_utd.collector import collect
+
+    with_dir = tempfile.mkdtemp(prefix="d", dir=tmp)
+    without_dir = tempfile.mkdtemp(prefix="n", dir=tmp)
+    with uwsgi_server(2, with_dir, stuck=False) as with_utd, uwsgi_server(
+        2, without_dir, utd=False, stuck=False
+    ) as without_utd:
+        assert with_utd.port is not None and without_utd.port is not None
+        burst(with_utd.port), burst(without_utd.port)  # warm both
+        rates: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(BURSTS):
+            rates["with"].append(burst(with_utd.port))
+            rates["without"].append(burst(without_utd.port))
+        rw, ro = statistics.median(rates["with"]), statistics.median(rates["without"])
+        table.add(
+            Row("d", "hello world, 2 workers: requests/s with utd_bp", f"{rw:.0f}/s",
+                f"without {ro:.0f}/s", rw / ro, ">= 0.98x", verdict(rw / ro, 0.98, at_least=True))
+        )
+
+        # (e) memory, after both served the same load.
+        with_workers = worker_pids(with_utd.pid)
+        without_workers = worker_pids(without_utd.pid)
+        mem_with = [memory_kib(p) for p in with_workers]
+        mem_without = [memory_kib(p) for p in without_workers]
+        rss_added = (
+            statistics.mean(m[0] for m in mem_with) - statistics.mean(m[0] for m in mem_without)
+        ) / 1024
+        uss_added = (
+            statistics.mean(m[1] for m in mem_with) - statistics.mean(m[1] for m in mem_without)
+        ) / 1024
+        table.add(
+            Row("e", "RSS added per worker (utd_bp + agent)", f"{rss_added:+.2f} MiB",
+                f"private (USS) {uss_added:+.2f} MiB", None, "<= 3 MiB",
+                "met" if rss_added <= 3 else f"MISSED by {rss_added - 3:.2f} MiB")
+        )
+
+        # (e) the agent thread's CPU while idle, in every process of the server.
+        report = collect(with_dir, str(with_utd.pid))
+        agents = [
+            (p["pid"], t["native_id"])
+            for p in report["processes"]
+            for t in p["threads"]
+            if t["is_agent"] and t["native_id"]
+        ]
+        before = {a: thread_stat(*a)[1] for a in agents}
+        proc_before = {p: process_ticks(p) for p in with_workers + without_workers}
+        started = time.monotonic()
+        bench_snapshot(table)  # runs in this process meanwhile: the server idles
+        time.sleep(max(0.0, IDLE_SECONDS - (time.monotonic() - started)))
+        idle = time.monotonic() - started
+        after = {a: thread_stat(*a) for a in agents}
+        ticks = sum(after[a][1] - before[a] for a in agents)
+        states = sorted({f"{after[a][0]} in {blocked_in(*a)}" for a in agents})
+        hz = os.sysconf("SC_CLK_TCK")
+        table.add(
+            Row("e", f"agent threads' CPU over {idle:.0f} s idle ({len(agents)} processes)",
+                f"{ticks / hz * 1000:.0f} ms", ", ".join(states), None, "0 ms, blocked",
+                "met" if ticks == 0 and all(s.startswith("S") for s in states) else "MISSED")
+        )
+        proc_with = sum(process_ticks(p) - proc_before[p] for p in with_workers) / hz
+        proc_without = sum(process_ticks(p) - proc_before[p] for p in without_workers) / hz
+        table.add(
+            Row("e", "workers' CPU over the same idle time (info)", f"{proc_with * 1000:.0f} ms",
+                f"without utd_bp {proc_without * 1000:.0f} ms")
+        )
+
+
+def main() -> None:
+    started = time.monotonic()
+    table = Table()
+    print(f"flask-utd benchmark{' (smoke)' if SMOKE else ''}: {machine()}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="utdb-", dir="/tmp") as tmp:
+        os.chmod(tmp, 0o700)
+        plain_python = plain_install(tmp)
+        bench_dumps(table, tmp, plain_python)
+        bench_server_costs(table, tmp)  # runs (c) during (e)'s idle minute
+    print()
+    print(f"flask-utd benchmark{' (smoke)' if SMOKE else ''}")
+    print(f"machine: {machine()}")
+    print(f"uWSGI: master + N workers, {' '.join(UWSGI_OPTIONS)}")
+    print(
+        f"medians of {RUNS} alternating runs (a), {REPS} repetitions (b, c),"
+        f" {BURSTS} alternating {BURST_SECONDS:g} s bursts of {CLIENTS} clients (d)"
+    )
+    print()
+    print(table.render(), end="")
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
