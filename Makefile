@@ -45,6 +45,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check flask_utd tests demo_app bench
 	$(BIN)/mypy
 
+# Prints one table: flask-utd against py-spy and against no extension (about
+# 4 minutes; BENCH_SMOKE=1 for a few seconds). See docs/performance.rst.
+bench: $(STAMP)
+	@[ -x $(BIN)/py-spy ] || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
+
 demo: $(STAMP)
 	$(BIN)/python -m demo_app.run
 

@@ -148,6 +148,11 @@ class AgentServer(Server):  # type: ignore[misc]
     def _accept_method(self, sock: Any) -> None:
         try:
             self._authenticate_and_serve_client(sock)
+        except Exception:
+            # A client that hangs up at the wrong moment makes RPyC raise here
+            # (e.g. polling a stream it has just closed); that must never end
+            # the agent thread, which serves every later dump.
+            _rpyc_log.debug("flask-utd: a dump connection ended badly", exc_info=True)
         finally:
             # RPyC leaves a rejected peer's socket open.
             sock.close()

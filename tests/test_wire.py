@@ -1,0 +1,192 @@
+"""The collector's minimal RPyC client against the agent's real RPyC server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rpyc.core import brine
+
+from demo_app.server import ROOT
+from flask_utd import wire
+from flask_utd.agent import Agent
+from flask_utd.agent import start_agent
+from flask_utd.agent import stop_agents
+
+INSTANCE = "4343"
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.text(max_size=300)
+    | st.binary(max_size=300),
+    lambda children: st.lists(children, max_size=6).map(tuple),
+    max_leaves=40,
+)
+
+
+@given(plain)
+def test_brine_subset_matches_rpyc(value: Any) -> None:
+    data = wire.dumps(value)
+    assert data == brine.dump(value)
+    assert wire.loads(data) == value == brine.load(data)
+
+
+def test_brine_rejects_what_it_does_not_speak() -> None:
+    with pytest.raises(TypeError):
+        wire.dumps([1, 2])
+    with pytest.raises(wire.ProtocolError):
+        wire.loads(brine.dump(frozenset({1})))
+    with pytest.raises(wire.ProtocolError):
+        wire.loads(brine.dump("abc")[:-1])
+
+
+@pytest.fixture
+def agent(socket_dir: str) -> Iterator[Agent]:
+    a = start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
+    yield a
+    stop_agents()
+
+
+def test_dump_from_the_real_agent_compressed_frames_included(agent: Agent) -> None:
+    release = threading.Event()
+    parked = [threading.Thread(target=release.wait, daemon=True) for _ in range(20)]
+    for thread in parked:
+        thread.start()
+    try:
+        text = wire.call(agent.path, time.monotonic() + 5, "dump", "{}")
+    finally:
+        release.set()
+    # Over 3000 bytes, RPyC compresses the frame: this reply took that path.
+    assert isinstance(text, str) and len(text) > 3000
+    report = json.loads(text)
+    assert report["pid"] == os.getpid() and report["status"] == "ok"
+    idents = {t["ident"] for t in report["threads"]}
+    assert {t.ident for t in parked} <= idents
+    info = json.loads(wire.call(agent.path, time.monotonic() + 5, "info"))
+    assert info == {"pid": os.getpid(), "role": "process", "worker_id": None}
+
+
+def test_the_agent_outlives_clients_that_hang_up(agent: Agent) -> None:
+    for _ in range(20):
+        wire.call(agent.path, time.monotonic() + 5, "dump", "{}")
+        with socket.socket(socket.AF_UNIX) as rude:  # connects, says nothing, leaves
+            rude.connect(agent.path)
+    assert agent.thread.is_alive()
+    assert json.loads(wire.call(agent.path, time.monotonic() + 5, "dump", "{}"))["pid"]
+
+
+def test_the_agent_still_refuses_everything_else(agent: Agent) -> None:
+    for name in ("_agent", "__class__", "__init__", "exposed_dump.__globals__", "on_connect"):
+        with pytest.raises(wire.RemoteError, match="AttributeError"):
+            wire.call(agent.path, time.monotonic() + 5, name)
+
+
+def test_stale_socket_is_refused(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "gone.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        wire.call(path, time.monotonic() + 5, "dump", "{}")
+
+
+def _serve_once(path: str, answer: bytes | None) -> threading.Thread:
+    """A peer that reads one request and sends ``answer`` (or nothing, then closes)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            conn.recv(65536)
+            if answer is not None:
+                conn.sendall(answer)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_silent_peer_ends_at_the_deadline(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "silent.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)  # never accepts: connect succeeds, nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            wire.call(path, started + 0.3, "dump", "{}")
+        assert time.monotonic() - started < 2
+    finally:
+        listener.close()
+
+
+def test_a_peer_that_hangs_up_is_eof(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "hangup.sock")
+    thread = _serve_once(path, None)
+    with pytest.raises(EOFError):
+        wire.call(path, time.monotonic() + 5, "dump", "{}")
+    thread.join(5)
+
+
+def _frame(message: int, body: Any) -> bytes:
+    payload = bytes((message,)) + brine.dump(body)
+    return wire._FRAME.pack(len(payload), 0) + payload + b"\n"
+
+
+def test_a_reference_for_the_root_is_required_and_values_only_come_back(
+    socket_dir: str,
+) -> None:
+    # A root that is a plain value: not an RPyC service.
+    path = os.path.join(socket_dir, "odd.sock")
+    thread = _serve_once(path, _frame(wire.MSG_REPLY, (1, (wire.LABEL_VALUE, "root"))))
+    with pytest.raises(wire.ProtocolError):
+        wire.call(path, time.monotonic() + 5, "dump", "{}")
+    thread.join(5)
+
+
+def test_a_request_from_the_peer_is_refused(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "calls-back.sock")
+    thread = _serve_once(path, _frame(wire.MSG_REQUEST, (1, (3, (wire.LABEL_VALUE, ())))))
+    with pytest.raises(wire.ProtocolError):
+        wire.call(path, time.monotonic() + 5, "dump", "{}")
+    thread.join(5)
+
+
+def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
+    # The instance is named after a live process (this one), as a master's pid.
+    start_agent(socket_dir, str(os.getpid()), role="process", worker_id=None)
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['flask_utd', 'dump', '--socket-dir', sys.argv[1]]\n"
+        "try:\n    runpy.run_module('flask_utd', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    heavy = [m for m in ('flask', 'click', 'rpyc', 'argparse',"
+        " 'concurrent.futures', 'importlib.metadata') if m in sys.modules]\n"
+        "    print('EXIT', e.code, heavy, flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    stop_agents()
+    assert "EXIT 0 []" in out.stdout, out.stdout + out.stderr
+    assert f"process (pid {os.getpid()}): ok" in out.stdout
