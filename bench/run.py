@@ -458,6 +458,8 @@ def bench_snapshot(table: Table) -> None:
                 started = time.perf_counter()
                 threads = thread_reports(())
                 snap.append(time.perf_counter() - started)
+                if isinstance(threads, tuple):  # (threads, locals) since issue 4
+                    threads = threads[0]
                 started = time.perf_counter()
                 json.dumps(process_report(role="process", worker_id=None, agent_idents=()))
                 full.append(time.perf_counter() - started)

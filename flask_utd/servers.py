@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from . import agent
 from .config import Settings
 from .snapshot import ghost_message
 from .snapshot import ghost_threads
@@ -90,6 +89,11 @@ _MASTER_UNSAFE = (
 def start_for_place(settings: Settings, place: Place, unsafe: str | None = None) -> None:
     """Start the agent of this process, or leave a note saying why it cannot run."""
     try:
+        # Imported here, not at the top: the agent needs RPyC (about 90 ms to
+        # import), and a process that never starts one, such as ``flask utd
+        # dump``, should not pay for it (docs/performance.rst).
+        from . import agent
+
         if place.role == "master" and not uwsgi_option(FORK_HOOKS_OPTION):
             log.warning("flask-utd: %s", _MASTER_UNSAFE)
             agent.leave_unsafe_note(
@@ -117,6 +121,8 @@ _postfork_settings: list[Settings] = []
 
 def _postfork() -> None:
     """In a uWSGI worker, right after uWSGI forked it from the master."""
+    from . import agent
+
     agent.after_fork_in_child()
     ghosts = ghost_threads()
     unsafe = ghost_message(ghosts) if ghosts else None

@@ -57,25 +57,29 @@ def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
 
 
 def _frame_stack(
-    frame: FrameType | None, memo: dict[tuple[int, int | None], dict[str, Any]]
+    frame: FrameType | None, memo: dict[int, dict[int | None, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The frames of one stack, outermost first.
 
-    ``memo`` maps ``(id(code), line)`` to the frame's entry for one snapshot:
-    threads of a server run the same code, so most frames are looked up rather
-    than built (and their source line read) again; the same entry then appears
-    in several stacks. Entries are shared: treat them as read-only. The ids are
-    stable because the frames keep their code objects alive for the snapshot.
+    ``memo`` maps ``id(code)``, then the line, to the frame's entry, for one
+    snapshot: the threads of a server run the same code, so most frames are
+    looked up rather than built (and their source line read) again, and the same
+    entry appears in several stacks. Entries are shared: treat them as read-only.
+    The ids are stable because the frames keep their code objects alive for the
+    snapshot. (Keyed by id, not by the code object: hashing a code object hashes
+    its contents.)
     """
     frames: list[dict[str, Any]] = []
     append = frames.append
     while frame is not None:
         code = frame.f_code
         lineno = frame.f_lineno
-        key = (id(code), lineno)
-        entry = memo.get(key)
+        lines = memo.get(id(code))
+        if lines is None:
+            lines = memo[id(code)] = {}
+        entry = lines.get(lineno)
         if entry is None:
-            entry = memo[key] = _frame_entry(code, lineno)
+            entry = lines[lineno] = _frame_entry(code, lineno)
         append(entry)
         frame = frame.f_back
     frames.reverse()
@@ -105,7 +109,7 @@ def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
     tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
     current = sys._current_frames()
-    memo: dict[tuple[int, int | None], dict[str, Any]] = {}
+    memo: dict[int, dict[int | None, dict[str, Any]]] = {}
     try:
         threads = []
         for ident, frame in current.items():

@@ -169,6 +169,8 @@ def test_a_request_from_the_peer_is_refused(socket_dir: str) -> None:
 
 
 def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
+    """The lean command's start-up is most of its time (docs/performance.rst):
+    each of these costs it from 5 to 200 ms."""
     # The instance is named after a live process (this one), as a master's pid.
     start_agent(socket_dir, str(os.getpid()), role="process", worker_id=None)
     code = (
@@ -177,7 +179,8 @@ def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
         "try:\n    runpy.run_module('flask_utd', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    heavy = [m for m in ('flask', 'click', 'rpyc', 'argparse',"
-        " 'concurrent.futures', 'importlib.metadata') if m in sys.modules]\n"
+        " 'concurrent.futures', 'importlib.metadata', 'dataclasses', 'datetime')"
+        " if m in sys.modules]\n"
         "    print('EXIT', e.code, heavy, flush=True)\n"
     )
     out = subprocess.run(
