@@ -187,7 +187,8 @@ def collect(
     if asked:
         for entry_pid, answer in _ask_all(asked, deadline, timeout, text_options):
             if answer is None:
-                answer = _entry(entry_pid, "timeout", _timeout_message(entry_pid, timeout))
+                message = _timeout_message(entry_pid, timeout)
+                answer = _entry(entry_pid, "timeout", message)
             processes.append(answer)
     known = {p["pid"] for p in processes}
     for worker in roster or ():

@@ -87,7 +87,9 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
             try:
                 options["pid"] = int(value)
             except ValueError:
-                raise _Usage(f"invalid value for --pid: {value!r} is not an integer.") from None
+                raise _Usage(
+                    f"invalid value for --pid: {value!r} is not an integer."
+                ) from None
         else:
             try:
                 timeout = float(value)
@@ -132,7 +134,9 @@ def dump(
     return EXIT_OK if all_answered(report) else EXIT_PARTIAL
 
 
-def main(argv: Sequence[str] | None = None, prog_name: str = "python -m flask_utd") -> None:
+def main(
+    argv: Sequence[str] | None = None, prog_name: str = "python -m flask_utd"
+) -> None:
     """Run the lean command line and exit with its code."""
     try:
         options = _parse(sys.argv[1:] if argv is None else argv)

@@ -24,7 +24,9 @@ def test_bench_smoke_prints_its_table() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     header = next(
-        i for i, line in enumerate(lines) if [c.strip() for c in line.split("|")][1:2] == ["measure"]
+        i
+        for i, line in enumerate(lines)
+        if [c.strip() for c in line.split("|")][1:2] == ["measure"]
     )
     rows = [line.split("|") for line in lines[header + 2 :] if line.count("|") == 6]
     sections = {row[0].strip() for row in rows}

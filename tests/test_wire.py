@@ -88,7 +88,13 @@ def test_the_agent_outlives_clients_that_hang_up(agent: Agent) -> None:
 
 
 def test_the_agent_still_refuses_everything_else(agent: Agent) -> None:
-    for name in ("_agent", "__class__", "__init__", "exposed_dump.__globals__", "on_connect"):
+    for name in (
+        "_agent",
+        "__class__",
+        "__init__",
+        "exposed_dump.__globals__",
+        "on_connect",
+    ):
         with pytest.raises(wire.RemoteError, match="AttributeError"):
             wire.call(agent.path, time.monotonic() + 5, name)
 
@@ -162,7 +168,9 @@ def test_a_reference_for_the_root_is_required_and_values_only_come_back(
 
 def test_a_request_from_the_peer_is_refused(socket_dir: str) -> None:
     path = os.path.join(socket_dir, "calls-back.sock")
-    thread = _serve_once(path, _frame(wire.MSG_REQUEST, (1, (3, (wire.LABEL_VALUE, ())))))
+    thread = _serve_once(
+        path, _frame(wire.MSG_REQUEST, (1, (3, (wire.LABEL_VALUE, ()))))
+    )
     with pytest.raises(wire.ProtocolError):
         wire.call(path, time.monotonic() + 5, "dump", "{}")
     thread.join(5)
