@@ -330,6 +330,10 @@ def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
                     {"BENCH_UTD_SOCKET_DIR": socket_dir, "PYTHONPATH": str(ROOT)},
                 ),
                 "python": ([plain_python, "-c", "pass"], {}),
+                "app": (
+                    [sys.executable, "-c", "import bench.app"],
+                    {"BENCH_UTD_SOCKET_DIR": socket_dir, "PYTHONPATH": str(ROOT)},
+                ),
             }
             if spy is not None and not spy_note:
                 commands["py-spy"] = (
@@ -348,7 +352,7 @@ def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
                         del commands[name], times[name]
                         continue
                     raise RuntimeError(f"{name} dump failed (exit {code}):\n{output}")
-                if name != "python" and "stuck" not in output:
+                if name not in ("python", "app") and "stuck" not in output:
                     raise RuntimeError(f"{name} dump does not show the stuck request")
             for _ in range(RUNS):
                 for name, (argv, env) in commands.items():
@@ -361,6 +365,7 @@ def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
                 ("lean-dev", "the same, editable dev venv"),
                 ("flask", "flask utd dump"),
                 ("python", "python -c pass (start-up floor)"),
+                ("app", "import bench.app (flask utd dump's floor)"),
             ):
                 ratio = med[name] / spy_med if spy_med else None
                 target, result = "", ""
