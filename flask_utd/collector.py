@@ -84,7 +84,8 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
         payload = conn.call("dump", options)
     except TimeoutError:
         return _entry(pid, "timeout", _timeout_message(pid, timeout))
-    except (EOFError, ConnectionResetError):
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        # The agent hangs up on a peer of another uid (SO_PEERCRED).
         return _entry(
             pid,
             "refused",

@@ -134,10 +134,15 @@ def dump(
     return EXIT_OK if all_answered(report) else EXIT_PARTIAL
 
 
-def main(
-    argv: Sequence[str] | None = None, prog_name: str = "python -m flask_utd"
-) -> None:
-    """Run the lean command line and exit with its code."""
+def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> None:
+    """Run the lean command line and exit with its code.
+
+    :param prog_name: the command's name in its usage (default: ``flask-utd``
+        as a console script, else ``python -m flask_utd``).
+    """
+    if prog_name is None:
+        script = os.path.basename(sys.argv[0]) if sys.argv else ""
+        prog_name = script if script == "flask-utd" else "python -m flask_utd"
     try:
         options = _parse(sys.argv[1:] if argv is None else argv)
     except _Usage as err:

@@ -201,3 +201,29 @@ def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
     stop_agents()
     assert "EXIT 0 []" in out.stdout, out.stdout + out.stderr
     assert f"process (pid {os.getpid()}): ok" in out.stdout
+
+
+def test_another_uid_is_refused_through_the_wire_client(
+    socket_dir: str, agent: Agent
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    os.chmod(socket_dir, 0o755)
+    os.chmod(os.path.dirname(agent.path), 0o755)
+    os.chmod(agent.path, 0o666)
+    code = (
+        "import os, sys, time\n"
+        "from flask_utd.collector import ask\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "answer = ask(sys.argv[1], 1, time.monotonic() + 5, 5.0, '{}')\n"
+        "print(answer['status'], answer['error'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, agent.path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert out.stdout.startswith("refused "), out.stdout + out.stderr
+    assert "run the command as the server's user" in out.stdout
