@@ -44,8 +44,10 @@ REPS = 1 if SMOKE else 15
 THREAD_COUNTS = (10,) if SMOKE else (100, 1000)
 DEPTH = 5 if SMOKE else 20
 #: (d): alternating bursts per server, seconds per burst, load-generator processes.
-BURSTS = 1 if SMOKE else 5
-BURST_SECONDS = 0.5 if SMOKE else 3.0
+BURSTS = 1 if SMOKE else 10
+BURST_SECONDS = 0.5 if SMOKE else 1.5
+#: (d): requests per side and round of the in-process WSGI comparison.
+WSGI_CALLS = 200 if SMOKE else 2000
 CLIENTS = 2
 #: (e): how long the agent is watched while idle.
 IDLE_SECONDS = 2.0 if SMOKE else 60.0
@@ -645,6 +647,58 @@ def blocked_in(pid: int, tid: int) -> str:
     return "/".join(parts) or "unknown"
 
 
+def bench_wsgi(table: Table, tmp: str) -> None:
+    """(d) without the network and the load generator: the same view called
+    through the WSGI interface in this process, with and without ``utd_bp``.
+    Much steadier than (d) on a busy machine; for information."""
+    from flask import Flask
+    from werkzeug.test import EnvironBuilder
+
+    from flask_utd import utd_bp
+    from flask_utd.agent import stop_agents
+
+    def make(with_utd: bool) -> Flask:
+        app = Flask("bench_wsgi")
+        app.config["UTD_SOCKET_DIR"] = tempfile.mkdtemp(prefix="w", dir=tmp)
+        if with_utd:
+            app.register_blueprint(utd_bp)
+        app.add_url_rule("/hello", "hello", lambda: "Hello, World!")
+        return app
+
+    apps = {"with": make(True), "without": make(False)}
+    environ = EnvironBuilder(path="/hello").get_environ()
+
+    def start_response(*args: Any) -> None:
+        pass
+
+    def rate(app: Flask) -> float:
+        started = time.perf_counter()
+        for _ in range(WSGI_CALLS):
+            body = app(dict(environ), start_response)
+            b"".join(body)
+            getattr(body, "close", lambda: None)()
+        return WSGI_CALLS / (time.perf_counter() - started)
+
+    try:
+        rate(apps["with"]), rate(apps["without"])  # warm; starts the agent
+        rates: dict[str, list[float]] = {"with": [], "without": []}
+        for i in range(max(1, REPS // 3)):
+            for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
+                rates[side].append(rate(apps[side]))
+    finally:
+        stop_agents()
+    rw, ro = statistics.median(rates["with"]), statistics.median(rates["without"])
+    table.add(
+        Row(
+            "d",
+            "hello world through WSGI in process (info)",
+            f"{rw:.0f}/s",
+            f"without {ro:.0f}/s",
+            rw / ro,
+        )
+    )
+
+
 def bench_server_costs(table: Table, tmp: str) -> None:
     from flask_utd.collector import collect
 
@@ -663,17 +717,20 @@ def bench_server_costs(table: Table, tmp: str) -> None:
             for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
                 rates[side].append(burst(ports[side]))
         rw, ro = statistics.median(rates["with"]), statistics.median(rates["without"])
+        pairs = [w / o for w, o in zip(rates["with"], rates["without"], strict=True)]
         table.add(
             Row(
                 "d",
                 "hello world, 2 workers: requests/s with utd_bp",
                 f"{rw:.0f}/s",
-                f"without {ro:.0f}/s",
+                f"without {ro:.0f}/s; pairs {min(pairs):.2f}-{max(pairs):.2f}x",
                 rw / ro,
                 ">= 0.98x",
                 verdict(rw / ro, 0.98, at_least=True),
             )
         )
+
+        bench_wsgi(table, tmp)
 
         # (e) memory, after both served the same load.
         with_workers = worker_pids(with_utd.pid)
@@ -763,7 +820,7 @@ def main() -> None:
     print(f"uWSGI: master + N workers, {' '.join(UWSGI_OPTIONS)}")
     print(
         f"medians of {RUNS} alternating runs (a), {REPS} repetitions (b, c),"
-        f" {BURSTS} alternating {BURST_SECONDS:g} s bursts of {CLIENTS} clients (d)"
+        f" {BURSTS} ABBA {BURST_SECONDS:g} s bursts of {CLIENTS} clients (d)"
     )
     print()
     print(table.render(), end="")
