@@ -128,6 +128,13 @@ def verdict(ratio: float | None, limit: float, *, at_least: bool = False) -> str
     return "met" if ratio <= limit else f"MISSED by {ratio - limit:.2f}x"
 
 
+def throughput_verdict(ratio: float, pairs: list[float]) -> str:
+    """The verdict of (d), unless the machine is too noisy to tell 2 %."""
+    if len(pairs) > 1 and max(pairs) - min(pairs) > 0.1:
+        return "NOISY: pairs spread > 0.1x, rerun on a quiet machine"
+    return verdict(ratio, 0.98, at_least=True)
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -726,7 +733,7 @@ def bench_server_costs(table: Table, tmp: str) -> None:
                 f"without {ro:.0f}/s; pairs {min(pairs):.2f}-{max(pairs):.2f}x",
                 rw / ro,
                 ">= 0.98x",
-                verdict(rw / ro, 0.98, at_least=True),
+                throughput_verdict(rw / ro, pairs),
             )
         )
 
