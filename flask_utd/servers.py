@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,16 @@ def setup_process(settings: Settings) -> bool:
     if uwsgi is None:
         return False
     place = current_place()
+    if (
+        sys.version_info >= (3, 13)
+        and uwsgi_option("py-call-osafterfork")
+        and not uwsgi_option(FORK_HOOKS_OPTION)
+    ):
+        log.warning(
+            "flask-utd: on Python 3.13, uWSGI's `py-call-osafterfork` aborts every"
+            " worker right after the fork, with or without flask-utd; replace it with"
+            " `py-call-uwsgi-fork-hooks = true` in uwsgi.ini."
+        )
     if place.role == "master":
         # Workers forked from here start their own agent after the fork.
         if settings not in _postfork_settings:
