@@ -98,3 +98,16 @@ def test_no_instance_says_where_it_looked(socket_dir: str) -> None:
     with pytest.raises(InstanceNotFound, match="UTD_SOCKET_DIR") as info:
         find_instance([socket_dir])
     assert socket_dir in str(info.value)
+
+
+def test_instances_of_dead_masters_are_cleaned_up(socket_dir: str) -> None:
+    dead = os.path.join(socket_dir, "999998")  # no such pid
+    ensure_private_dir(dead)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(dead, "999998.sock"))
+    s.close()  # bound, never listening: left by a SIGKILLed master
+    with open(os.path.join(dead, "999997.unsafe"), "w") as f:
+        f.write("{}")
+    with pytest.raises(InstanceNotFound):
+        find_instance([socket_dir])
+    assert not os.path.exists(dead)
