@@ -19,7 +19,6 @@ from flask_utd.agent import stop_agents
 from flask_utd.collector import collect
 from flask_utd.rpc import connect
 from flask_utd.sockets import ensure_private_dir
-from tests.conftest import wait_for
 
 INSTANCE = "4242"
 
