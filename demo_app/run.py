@@ -72,8 +72,17 @@ def main() -> int:
             print("Both workers are stuck. `flask --app demo_app.app utd dump` says:\n")
             sys.stdout.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "flask", "--app", "demo_app.app", "utd", "dump",
-                 "--instance", instance],
+                [
+                    sys.executable,
+                    "-m",
+                    "flask",
+                    "--app",
+                    "demo_app.app",
+                    "utd",
+                    "dump",
+                    "--instance",
+                    instance,
+                ],
                 cwd=ROOT,
             )
             if code != 0:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 
 from flask import Blueprint
+from flask import Flask
 from flask import current_app
 from flask.blueprints import BlueprintSetupState
 
@@ -20,7 +22,9 @@ utd_bp = Blueprint("utd", __name__, url_prefix="/_utd", cli_group="utd")
 
 @utd_bp.record_once
 def _set_up(state: BlueprintSetupState) -> None:
-    UTD().init_app(state.app)
+    # A blueprint is registered on a Flask app; ``state.app`` is typed as the
+    # sans-io base class.
+    UTD().init_app(cast(Flask, state.app))
 
 
 @utd_bp.before_app_request

@@ -88,7 +88,9 @@ _MASTER_UNSAFE = (
 )
 
 
-def start_for_place(settings: Settings, place: Place, unsafe: str | None = None) -> None:
+def start_for_place(
+    settings: Settings, place: Place, unsafe: str | None = None
+) -> None:
     """Start the agent of this process, or leave a note saying why it cannot run."""
     try:
         if place.role == "master" and not uwsgi_option(FORK_HOOKS_OPTION):

@@ -5,7 +5,8 @@ Layout::
     <socket dir>/                 0700, owned by the server's uid
         <instance>/               0700, one per server instance (its master's pid)
             <pid>.sock            0600, one per process that runs an agent
-            <pid>.unsafe          a note left by a process that cannot run an agent safely
+            <pid>.unsafe          a note left by a process that cannot run an agent
+                                  safely
 
 This module imports neither Flask nor RPyC: the lean CLI path uses it.
 """

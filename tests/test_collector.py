@@ -60,10 +60,10 @@ def test_silent_processes_time_out_within_the_deadline(socket_dir: str, silent) 
 
 
 def test_unsafe_note_and_roster_worker_without_socket(socket_dir: str) -> None:
-    leave_unsafe_note(socket_dir, INSTANCE, role="master", worker_id=None, message="add X")
-    report = collect(
-        socket_dir, INSTANCE, roster=[{"pid": 1, "worker_id": 7}]
+    leave_unsafe_note(
+        socket_dir, INSTANCE, role="master", worker_id=None, message="add X"
     )
+    report = collect(socket_dir, INSTANCE, roster=[{"pid": 1, "worker_id": 7}])
     by_pid = {p["pid"]: p for p in report["processes"]}
     assert by_pid[os.getpid()]["status"] == "unsafe"
     assert by_pid[os.getpid()]["role"] == "master"
