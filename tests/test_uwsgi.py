@@ -51,7 +51,9 @@ def workers(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stuck_in(process: dict[str, Any], function: str) -> list[dict[str, Any]]:
     return [
-        t for t in process["threads"] if t["frames"] and t["frames"][-1]["function"] == function
+        t
+        for t in process["threads"]
+        if t["frames"] and t["frames"][-1]["function"] == function
     ]
 
 
@@ -139,7 +141,9 @@ def test_killed_worker_comes_back_and_its_socket_is_gone(
         return None
 
     report = wait_for(replaced, timeout=30)
-    assert victim["pid"] not in [p["pid"] for p in report["processes"] if p["status"] == "ok"]
+    assert victim["pid"] not in [
+        p["pid"] for p in report["processes"] if p["status"] == "ok"
+    ]
     assert not (instance_dir / f"{victim['pid']}.sock").exists()
     live = {p["pid"] for p in report_of(server, socket_dir)["processes"]}
     sockets = {int(p.stem) for p in instance_dir.glob("*.sock")}
@@ -184,11 +188,15 @@ def test_safe_on_every_python_under_every_fork_setting(
     10 times while both workers are stuck: no crash, no hang, no dead thread shown."""
     binary = need_uwsgi(version)
     if version == "3.13" and name == "osafterfork":
-        pytest.skip("uWSGI aborts every worker here, without flask-utd: see the next test")
+        pytest.skip(
+            "uWSGI aborts every worker here, without flask-utd: see the next test"
+        )
     server = servers.start(binary, BASE + DEMO + options)
     fire(server.url("/hello"))
     fire(server.url("/hello"))
-    report = wait_for(lambda: len(workers(r := report_of(server, socket_dir))) == 2 and r)
+    report = wait_for(
+        lambda: len(workers(r := report_of(server, socket_dir))) == 2 and r
+    )
     worker_pids = sorted(w["pid"] for w in workers(report))
     statuses = set()
     for _ in range(10):
@@ -217,7 +225,8 @@ def test_osafterfork_aborts_every_worker_on_python_313_without_flask_utd(
     because uWSGI calls PyOS_AfterFork_Child without PyOS_BeforeFork.
     `py-call-uwsgi-fork-hooks` calls both and is safe (see the matrix above)."""
     server = servers.start(
-        need_uwsgi("3.13"), BASE + ["--module", "tests.apps.bare", "--py-call-osafterfork"]
+        need_uwsgi("3.13"),
+        BASE + ["--module", "tests.apps.bare", "--py-call-osafterfork"],
     )
     wait_for(lambda: "killed by signal 6" in server.log(), timeout=30)
     assert "not owned by the current thread" in server.log()
@@ -264,6 +273,9 @@ def test_core_threads_appear(servers: Servers, socket_dir: str) -> None:
     report = wait_for(four_stuck, timeout=30)
     names = sorted(t["name"] for w in workers(report) for t in stuck_in(w, "hello"))
     assert names == [
-        "uWSGIWorker1Core0", "uWSGIWorker1Core1", "uWSGIWorker2Core0", "uWSGIWorker2Core1",
+        "uWSGIWorker1Core0",
+        "uWSGIWorker1Core1",
+        "uWSGIWorker2Core0",
+        "uWSGIWorker2Core1",
     ]
     assert_threads_alive(report)
