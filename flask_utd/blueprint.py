@@ -6,12 +6,15 @@ import os
 
 from flask import Blueprint
 from flask import current_app
+from flask import request
 from flask.blueprints import BlueprintSetupState
 
 from .extension import UTD
 from .extension import UTDState
 from .servers import current_place
 from .servers import start_for_place
+from .tracking import request_ended
+from .tracking import request_started
 
 #: Register it on an app and every process of its server gets a dump agent:
 #: ``app.register_blueprint(utd_bp)``. URL prefix ``/_utd``, CLI group ``utd``.
@@ -21,6 +24,17 @@ utd_bp = Blueprint("utd", __name__, url_prefix="/_utd", cli_group="utd")
 @utd_bp.record_once
 def _set_up(state: BlueprintSetupState) -> None:
     UTD().init_app(state.app)
+
+
+@utd_bp.before_app_request
+def _track_request() -> None:
+    # First of utd_bp's hooks, so that the start time is as early as it can be.
+    request_started(request, current_app.extensions["utd"].settings.capture_query)
+
+
+@utd_bp.teardown_app_request
+def _forget_request(exc: BaseException | None) -> None:
+    request_ended()
 
 
 @utd_bp.before_app_request
