@@ -74,8 +74,17 @@ def main() -> int:
             )
             sys.stdout.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "flask", "--app", "demo_app.app", "utd", "dump",
-                 "--instance", instance],
+                [
+                    sys.executable,
+                    "-m",
+                    "flask",
+                    "--app",
+                    "demo_app.app",
+                    "utd",
+                    "dump",
+                    "--instance",
+                    instance,
+                ],
                 cwd=ROOT,
             )
             if code != 0:

@@ -153,9 +153,6 @@ def infer(
             return "waiting-lock", last
         if function in ("join", "_wait_for_tstate_lock"):
             return "waiting-condition", last
-    elif module == "queue.py" and function in ("get", "put") and calling:
-        # ``with self.mutex:`` in Queue.get / put: the queue's lock is taken.
-        return "waiting-lock", last
     elif module == "selectors.py" and function == "select":
         return "io-select", last
     elif module == "socket.py" and function in _SOCKET_FUNCTIONS:

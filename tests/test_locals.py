@@ -101,7 +101,10 @@ def test_builtin_values_shown_secrets_redacted_no_repr_called(stuck_view) -> Non
     assert shown["raises"].startswith("<tests.test_locals.Raises object at 0x")
     assert shown["slow"].startswith("<tests.test_locals.Slow object at 0x")
     assert report["locals"] == {
-        "frames": 3, "reprs": "builtin", "complete": True, "notes": []
+        "frames": 3,
+        "reprs": "builtin",
+        "complete": True,
+        "notes": [],
     }
     # Only the innermost 3 frames of a thread carry locals.
     view = next(t for t in report["threads"] if t["name"] == "view")
@@ -160,7 +163,9 @@ def test_agent_refuses_locals_unless_the_app_allows_them(socket_dir: str) -> Non
     finally:
         stop_agents()
     (process,) = report["processes"]
-    assert process["status"] == "ok" and "UTD_LOCALS = True" in process["locals"]["error"]
+    assert (
+        process["status"] == "ok" and "UTD_LOCALS = True" in process["locals"]["error"]
+    )
     assert not any("locals" in f for t in process["threads"] for f in t["frames"])
     assert "Locals refused: locals are off" in render_text(report)
 

@@ -1,4 +1,4 @@
-"""The summary: stuck requests oldest first, identical stacks grouped across processes."""
+"""The summary: stuck requests oldest first, identical stacks grouped."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from flask_utd.summary import summarize
 LIB = "/usr/lib/python3.11"
 SITE = "/srv/venv/lib/python3.11/site-packages"
 WORKER = [
-    {"file": f"{LIB}/threading.py", "line": 995, "function": "_bootstrap", "code": None},
+    {
+        "file": f"{LIB}/threading.py",
+        "line": 995,
+        "function": "_bootstrap",
+        "code": None,
+    },
     {"file": f"{SITE}/flask/app.py", "line": 1478, "function": "wsgi_app", "code": "x"},
     {"file": "/srv/shop/views.py", "line": 25, "function": "checkout", "code": "pay()"},
     {"file": "/srv/shop/payment.py", "line": 9, "function": "pay", "code": "s.recv(1)"},
@@ -20,13 +25,23 @@ WORKER = [
     {"file": f"{LIB}/socket.py", "line": 706, "function": "readinto", "code": "z"},
 ]
 IDLE = [
-    {"file": f"{LIB}/threading.py", "line": 995, "function": "_bootstrap", "code": None},
+    {
+        "file": f"{LIB}/threading.py",
+        "line": 995,
+        "function": "_bootstrap",
+        "code": None,
+    },
     {"file": f"{LIB}/threading.py", "line": 324, "function": "wait", "code": "w"},
 ]
 
 
-def _thread(ident: int, frames: list[dict[str, Any]], elapsed: float | None = None,
-            wait: str = "io-socket", is_agent: bool = False) -> dict[str, Any]:
+def _thread(
+    ident: int,
+    frames: list[dict[str, Any]],
+    elapsed: float | None = None,
+    wait: str = "io-socket",
+    is_agent: bool = False,
+) -> dict[str, Any]:
     request = None
     if elapsed is not None:
         request = {
@@ -60,16 +75,43 @@ def _report() -> dict[str, Any]:
         "host": "h",
         "instance": "100",
         "processes": [
-            {"pid": 100, "role": "master", "worker_id": None, "status": "ok",
-             "error": None, "threads": [_thread(1, IDLE, wait="waiting-condition")]},
-            {"pid": 101, "role": "worker", "worker_id": 1, "status": "ok", "error": None,
-             "threads": [_thread(11, WORKER, 12.5), _thread(12, WORKER, 2.0),
-                         _thread(13, IDLE, wait="waiting-condition"),
-                         _thread(14, IDLE, wait="running", is_agent=True)]},
-            {"pid": 102, "role": "worker", "worker_id": 2, "status": "ok", "error": None,
-             "threads": [_thread(21, WORKER, 30.25), _thread(22, WORKER, 7.0)]},
-            {"pid": 103, "role": "worker", "worker_id": 3, "status": "timeout",
-             "error": "did not answer", "threads": []},
+            {
+                "pid": 100,
+                "role": "master",
+                "worker_id": None,
+                "status": "ok",
+                "error": None,
+                "threads": [_thread(1, IDLE, wait="waiting-condition")],
+            },
+            {
+                "pid": 101,
+                "role": "worker",
+                "worker_id": 1,
+                "status": "ok",
+                "error": None,
+                "threads": [
+                    _thread(11, WORKER, 12.5),
+                    _thread(12, WORKER, 2.0),
+                    _thread(13, IDLE, wait="waiting-condition"),
+                    _thread(14, IDLE, wait="running", is_agent=True),
+                ],
+            },
+            {
+                "pid": 102,
+                "role": "worker",
+                "worker_id": 2,
+                "status": "ok",
+                "error": None,
+                "threads": [_thread(21, WORKER, 30.25), _thread(22, WORKER, 7.0)],
+            },
+            {
+                "pid": 103,
+                "role": "worker",
+                "worker_id": 3,
+                "status": "timeout",
+                "error": "did not answer",
+                "threads": [],
+            },
         ],
     }
 
@@ -82,12 +124,17 @@ def test_stuck_requests_oldest_first_with_their_app_frame() -> None:
     assert (first["pid"], first["role"], first["worker_id"]) == (102, "worker", 2)
     assert (first["thread"], first["ident"]) == ("t21", 21)
     assert (first["method"], first["path"], first["endpoint"]) == (
-        "POST", "/checkout/21", "checkout"
+        "POST",
+        "/checkout/21",
+        "checkout",
     )
     assert first["request_id"] == "req-21"
     # The innermost frame of the app: not socket.py, not requests in site-packages.
     assert first["app_frame"] == {
-        "file": "/srv/shop/payment.py", "line": 9, "function": "pay", "code": "s.recv(1)"
+        "file": "/srv/shop/payment.py",
+        "line": 9,
+        "function": "pay",
+        "code": "s.recv(1)",
     }
     assert summarize(_report(), 0)["stuck_requests"][-1]["elapsed_s"] == 2.0
 
@@ -100,7 +147,10 @@ def test_identical_stacks_are_grouped_across_processes() -> None:
     workers = groups[0]
     assert workers["processes"] == 2 and workers["frames"] == WORKER
     assert [(t["pid"], t["ident"]) for t in workers["threads"]] == [
-        (101, 11), (101, 12), (102, 21), (102, 22)
+        (101, 11),
+        (101, 12),
+        (102, 21),
+        (102, 22),
     ]
     assert groups[1]["processes"] == 2  # master and worker 1, both idle
     assert summary["threads_by_state"] == {"io-socket": 4, "waiting-condition": 2}

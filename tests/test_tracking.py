@@ -23,10 +23,14 @@ from tests.conftest import report_of
 from tests.conftest import wait_for
 
 
-@pytest.fixture
-def parked_app(socket_dir: str) -> Iterator[tuple[Flask, threading.Event]]:
+@pytest.fixture(params=[False], ids=["default"])
+def parked_app(
+    request: pytest.FixtureRequest, socket_dir: str
+) -> Iterator[tuple[Flask, threading.Event]]:
     app = Flask("tracked")
-    app.config.update(TESTING=True, UTD_SOCKET_DIR=socket_dir)
+    app.config.update(
+        TESTING=True, UTD_SOCKET_DIR=socket_dir, UTD_CAPTURE_QUERY=request.param
+    )
     app.register_blueprint(utd_bp)
     release = threading.Event()
 
@@ -72,18 +76,18 @@ def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: i
     started = datetime.fromisoformat(me["started_at"])
     assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0
     assert before - 1 <= started.timestamp() <= time.time()
-    later = wait_for(lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r)
+    later = wait_for(
+        lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r
+    )
     assert later["started_at"] == me["started_at"]
     release.set()
     t.join(10)
     assert t.ident not in tracking._current  # teardown forgot it
 
 
+@pytest.mark.parametrize("parked_app", [True], ids=["capture"], indirect=True)
 def test_query_string_only_when_asked(parked_app) -> None:  # type: ignore[no-untyped-def]
     app, release = parked_app
-    app.extensions["utd"].settings = type(app.extensions["utd"].settings)(
-        **{**app.extensions["utd"].settings.__dict__, "capture_query": True}
-    )
     t = _serve_in_thread(app, "/orders/5?page=2")
     me = wait_for(lambda: _thread_of(t)["request"])
     assert me["path"] == "/orders/5?page=2" and me["request_id"] is None
@@ -114,15 +118,24 @@ def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> No
     server = servers.start(
         binary,
         [
-            "--module", "tests.apps.plain:app",
-            "--master", "--workers", "2", "--threads", "2",
-            "--py-call-uwsgi-fork-hooks", "--need-app", "--die-on-term",
+            "--module",
+            "tests.apps.plain:app",
+            "--master",
+            "--workers",
+            "2",
+            "--threads",
+            "2",
+            "--py-call-uwsgi-fork-hooks",
+            "--need-app",
+            "--die-on-term",
         ],
         env={"DEMO_UTD_SLOW_REQUEST": "0.5"},
     )
     for n in range(4):
         threading.Thread(
-            target=_get, args=(server.url("/hello?token=s3cret"), f"req-{n}"), daemon=True
+            target=_get,
+            args=(server.url("/hello?token=s3cret"), f"req-{n}"),
+            daemon=True,
         ).start()
         time.sleep(0.1)  # distinct start times, to check the order
 
@@ -153,9 +166,21 @@ def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> No
 
     # The lean CLI's text opens with them.
     out = subprocess.run(
-        [sys.executable, "-m", "flask_utd", "dump", "--socket-dir", socket_dir,
-         "--instance", str(server.pid), "--slow-after", "0.5"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "flask_utd",
+            "dump",
+            "--socket-dir",
+            socket_dir,
+            "--instance",
+            str(server.pid),
+            "--slow-after",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     head = out.stdout.split("Full dump:")[0]

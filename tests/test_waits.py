@@ -48,8 +48,8 @@ class Parked:
             found: dict[str, Any] = wait_for(check, timeout=10)
         except AssertionError as err:
             raise AssertionError(
-            f"never {state} ({os_state}); seen {sorted(set(seen))}"
-        ) from err
+                f"never {state} ({os_state}); seen {sorted(set(seen))}"
+            ) from err
         return found
 
     def stop(self) -> None:
@@ -289,6 +289,8 @@ def _frame(file: str, function: str, code: str) -> dict[str, Any]:
         ("time.sleep(5)", False, "S", "running"),  # between bytecodes: Python code
     ],
 )
-def test_infer_from_the_line(code: str, calling: bool, os_state: str, expected: str) -> None:
+def test_infer_from_the_line(
+    code: str, calling: bool, os_state: str, expected: str
+) -> None:
     frames = [_frame("/app/views.py", "view", code)]
     assert infer(frames, calling=calling, os_state=os_state)[0] == expected
