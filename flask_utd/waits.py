@@ -205,10 +205,11 @@ _NAME_BEFORE_ACQUIRE = re.compile(
 
 
 def _owner(lock: Any) -> int | None:
-    # The C RLock's repr names its owner; a Lock has none to tell.
-    if isinstance(lock, threading.Condition):
+    # The C RLock's repr names its owner; a Lock has none to tell. Exact type
+    # checks: ``isinstance`` could run an object's ``__class__`` property.
+    if type(lock) is threading.Condition:
         lock = lock.__dict__.get("_lock")
-    if not isinstance(lock, _RLOCK_TYPES):
+    if type(lock) not in _RLOCK_TYPES:
         return None
     match = _OWNER.search(repr(lock))
     owner = int(match.group(1)) if match else 0
