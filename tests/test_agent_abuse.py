@@ -85,7 +85,9 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     except ConnectionResetError:
         return got
     except TimeoutError:
-        raise AssertionError(f"the agent kept the connection past {timeout} s")
+        raise AssertionError(
+            f"the agent kept the connection past {timeout} s"
+        ) from None
 
 
 def dump_status(agent: Agent) -> str:
