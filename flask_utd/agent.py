@@ -20,6 +20,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import rpyc
@@ -38,7 +39,9 @@ _rpyc_log = logging.getLogger("flask_utd.agent.rpyc")
 _rpyc_log.setLevel(logging.WARNING)
 
 #: How many clients the agent serves at once (see :class:`AgentServer`).
-MAX_CLIENTS = 8
+MAX_CLIENTS = 16
+#: How many of them may come from one process.
+MAX_CLIENTS_PER_PEER = 4
 #: How long a client has to send a complete request, after connecting or after
 #: its previous request, in seconds.
 REQUEST_DEADLINE = 1.0
@@ -143,11 +146,15 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
         )
 
 
-def _authenticate(sock: Any) -> tuple[Any, None]:
-    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``)."""
-    if not sockets.peer_allowed(sock):
+def _authenticate(sock: Any) -> tuple[Any, int]:
+    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``).
+
+    The credentials it returns are the peer's pid.
+    """
+    pid, uid, _gid = sockets.peer_credentials(sock)
+    if not sockets.uid_allowed(uid):
         raise AuthenticationError("peer uid is not allowed")
-    return sock, None
+    return sock, pid
 
 
 class _Outbox:
@@ -203,15 +210,20 @@ class _Client:
     """One connection the agent serves."""
 
     sock: socket.socket
-    conn: Any
-    channel: _LoopChannel
+    #: The pid of the peer process (``SO_PEERCRED``).
+    peer: int
     #: ``time.monotonic()`` at accept: the whole connection ends at
     #: :data:`CONNECTION_DEADLINE` after it.
     accepted: float
     #: When the next complete request must have arrived.
     request_due: float
-    inbox: bytearray
-    #: Whether a request was served: only clients that sent none are evicted.
+    #: When it was accepted or its last request was served.
+    quiet_since: float
+    inbox: bytearray = field(default_factory=bytearray)
+    channel: _LoopChannel = field(default_factory=lambda: _LoopChannel())
+    #: The RPyC connection, made at the first complete frame.
+    conn: Any = None
+    #: Whether a request of it was served.
     served: bool = False
 
     @property
@@ -261,9 +273,12 @@ class AgentServer(Server):  # type: ignore[misc]
     dump runs right there, in the agent thread), and sends the answer as the
     client takes it. So:
 
-    - at most :data:`MAX_CLIENTS` clients are served at once; when all the places
-      are taken, the oldest client that has not sent a complete request yet is
-      closed to make room, and if every client is busy the new one is closed;
+    - at most :data:`MAX_CLIENTS` clients are served at once, at most
+      :data:`MAX_CLIENTS_PER_PEER` of one process; when a new client finds no
+      place, the oldest client that has not sent a complete request yet (of the
+      same process if that one has its share) is closed to make room, else the
+      client quiet longest; when every client waits for an answer to be sent,
+      the new client is closed;
     - a client must send each complete request within :data:`REQUEST_DEADLINE`
       (of connecting, or of its previous request), and is cut at
       :data:`CONNECTION_DEADLINE` whatever it does;
@@ -355,28 +370,39 @@ class AgentServer(Server):  # type: ignore[misc]
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            sock, credentials = self.authenticator(sock)
+            sock, peer = self.authenticator(sock)
         except (AuthenticationError, OSError) as err:
             log.debug("flask-utd: the agent refused a peer: %s", err)
             sock.close()
             return
-        if len(self._clients) >= MAX_CLIENTS:
-            idle = [c for c in self._clients if not c.served]
+        # Room is made by closing a client that waits for nothing from the
+        # agent, of the same peer process when that one has its share, else of
+        # anyone when the agent is full: first one that never sent a complete
+        # request, oldest first, then the one that has been quiet longest. A
+        # flood from one process so evicts itself, while the collector (another
+        # process) gets through.
+        mine = [c for c in self._clients if c.peer == peer]
+        if len(mine) >= MAX_CLIENTS_PER_PEER:
+            candidates = mine
+        elif len(self._clients) >= MAX_CLIENTS:
+            candidates = list(self._clients)
+        else:
+            candidates = []
+        if candidates:
+            idle = [c for c in candidates if not c.channel.stream.data]
             if not idle:
                 log.debug("flask-utd: the agent is busy; a new client was closed")
                 sock.close()
                 return
-            self._drop(min(idle, key=lambda c: c.accepted), "room for a new client")
-        channel = _LoopChannel()
-        config = dict(self.protocol_config, credentials=credentials)
+            victim = min(idle, key=lambda c: (c.served, c.quiet_since))
+            self._drop(victim, "room for a new client")
         now = time.monotonic()
         client = _Client(
             sock=sock,
-            conn=self.service._connect(channel, config),
-            channel=channel,
+            peer=peer,
             accepted=now,
             request_due=now + REQUEST_DEADLINE,
-            inbox=bytearray(),
+            quiet_since=now,
         )
         self._clients.add(client)
         self._selector.register(sock, selectors.EVENT_READ, client)
@@ -386,6 +412,14 @@ class AgentServer(Server):  # type: ignore[misc]
             self._receive(client)
         except (_Drop, OSError, EOFError) as err:
             self._drop(client, str(err))
+
+    def _connection(self, client: _Client) -> Any:
+        """The client's RPyC connection, made at its first complete frame (a
+        flood of connections that send nothing costs no RPyC objects)."""
+        if client.conn is None:
+            config = dict(self.protocol_config, credentials=client.peer)
+            client.conn = self.service._connect(client.channel, config)
+        return client.conn
 
     def _receive(self, client: _Client) -> None:
         try:
@@ -418,14 +452,16 @@ class AgentServer(Server):  # type: ignore[misc]
             if frame is None:
                 break
             client.channel.frames.append(frame)
+            conn = self._connection(client)
             try:
-                client.conn.serve(0)
+                conn.serve(0)
             except Exception as err:
                 raise _Drop(f"not an RPyC request ({type(err).__name__})") from err
-            if client.conn.closed:
+            if conn.closed:
                 raise _Drop("the client asked to close")
             client.served = True
-            client.request_due = time.monotonic() + REQUEST_DEADLINE
+            client.quiet_since = time.monotonic()
+            client.request_due = client.quiet_since + REQUEST_DEADLINE
         events = selectors.EVENT_WRITE if out else selectors.EVENT_READ
         if self._selector.get_key(client.sock).events != events:
             self._selector.modify(client.sock, events, client)
@@ -439,12 +475,13 @@ class AgentServer(Server):  # type: ignore[misc]
             pass
         client.sock.close()
         client.channel.frames.clear()
-        try:
-            # RPyC's close asks the peer to close too; the channel refuses to
-            # wait for its answer, and the socket is already closed.
-            client.conn.close()
-        except Exception:
-            pass
+        if client.conn is not None:
+            try:
+                # RPyC's close asks the peer to close too; the channel refuses
+                # to wait for its answer, and the socket is already closed.
+                client.conn.close()
+            except Exception:
+                pass
 
     # -- stopping ---------------------------------------------------------
 

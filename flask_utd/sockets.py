@@ -173,14 +173,24 @@ def remove_if_stale(path: str) -> bool:
     return True
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a connected Unix
+    socket (``SO_PEERCRED``: as they were when it connected)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return int(pid), int(uid), int(gid)
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a connected Unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(raw)
-    return int(uid)
+    return peer_credentials(sock)[1]
+
+
+def uid_allowed(uid: int) -> bool:
+    """Whether a peer of ``uid`` may connect: this process's uid, or root."""
+    return uid == os.geteuid() or uid == 0
 
 
 def peer_allowed(sock: socket.socket) -> bool:
     """Whether the peer runs as this process's uid, or as root."""
-    uid = peer_uid(sock)
-    return uid == os.geteuid() or uid == 0
+    return uid_allowed(peer_uid(sock))

@@ -213,7 +213,8 @@ def test_idle_flood_does_not_starve_the_agent(
     # Before: one idle connection held the agent for 5 s, so a flood starved it.
     for _ in range(200):
         held.append(raw(agent.path))
-    wait_for(lambda: clients(agent) == agent_module.MAX_CLIENTS, timeout=10)
+    # All from one process: that process gets its share, no more.
+    wait_for(lambda: clients(agent) == agent_module.MAX_CLIENTS_PER_PEER, timeout=10)
     report = collect(
         os.path.dirname(os.path.dirname(agent.path)), INSTANCE, timeout=2.0
     )
@@ -222,9 +223,15 @@ def test_idle_flood_does_not_starve_the_agent(
 
 
 @pytest.mark.usefixtures("long_deadlines")
-def test_idle_clients_make_room_oldest_first(agent: Agent) -> None:
-    idle = [raw(agent.path) for _ in range(agent_module.MAX_CLIENTS)]
-    wait_for(lambda: clients(agent) == agent_module.MAX_CLIENTS, timeout=10)
+@pytest.mark.parametrize("limit", ["MAX_CLIENTS", "MAX_CLIENTS_PER_PEER"])
+def test_idle_clients_make_room_oldest_first(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    monkeypatch.setattr(agent_module, "MAX_CLIENTS", 3)
+    monkeypatch.setattr(agent_module, "MAX_CLIENTS_PER_PEER", 3)
+    monkeypatch.setattr(agent_module, limit, 100)
+    idle = [raw(agent.path) for _ in range(3)]
+    wait_for(lambda: clients(agent) == 3, timeout=10)
     try:
         assert dump_status(agent) == "ok"
         assert read_until_closed(idle[0], timeout=10) == b""
@@ -236,21 +243,40 @@ def test_idle_clients_make_room_oldest_first(agent: Agent) -> None:
             sock.close()
 
 
+def stuffed(agent: Agent) -> socket.socket:
+    """A client that asks without reading, until the agent holds an answer."""
+    sock = raw(agent.path)
+    sock.settimeout(3)
+    with pytest.raises(socket.timeout):
+        # The agent stops reading while an answer waits to be sent, so this
+        # fills the socket's buffers and blocks instead of the agent's memory.
+        sock.sendall(frame(request(consts.HANDLE_GETROOT, ())) * 50_000)
+    return sock
+
+
 @pytest.mark.usefixtures("long_deadlines")
-def test_busy_agent_closes_newcomers(
+def test_busy_agent_closes_newcomers_quiet_clients_make_room(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(agent_module, "MAX_CLIENTS", 2)
-    busy = [connect(agent.path, time.monotonic() + 60) for _ in range(2)]
+    monkeypatch.setattr(agent_module, "MAX_CLIENTS_PER_PEER", 2)
+    quiet = connect(agent.path, time.monotonic() + 60)
+    busy = stuffed(agent)
     try:
-        for conn in busy:
-            assert json.loads(conn.root.info())["pid"] == os.getpid()
+        assert json.loads(quiet.root.info())["pid"] == os.getpid()
+        # A served client that is quiet makes room...
+        assert dump_status(agent) == "ok"
+        with pytest.raises(EOFError):
+            quiet.root.info()
+        # ...one that waits for its answers to be taken does not.
+        other = stuffed(agent)
         late = raw(agent.path)
         assert read_until_closed(late, timeout=10) == b""
         late.close()
+        other.close()
     finally:
-        for conn in busy:
-            conn.close()
+        quiet.close()
+        busy.close()
     wait_for(lambda: clients(agent) == 0, timeout=10)
     assert dump_status(agent) == "ok"
 
@@ -326,16 +352,11 @@ def test_chatty_client_is_cut_at_the_connection_deadline(
 
 @pytest.mark.usefixtures("long_deadlines")
 def test_client_that_never_reads_is_not_read_either(agent: Agent) -> None:
-    sock = raw(agent.path)
-    sock.settimeout(3)
+    sock = stuffed(agent)
     try:
-        with pytest.raises(socket.timeout):
-            # The agent stops reading while an answer waits to be sent, so this
-            # fills the socket's buffers and blocks instead of its memory.
-            sock.sendall(frame(request(consts.HANDLE_GETROOT, ())) * 50_000)
         (client,) = list(agent.server._clients)
         assert len(client.inbox) <= agent_module.MAX_FRAME + 64 * 1024
-        assert len(client.channel.stream.data) < 4096
-        assert dump_status(agent) == "ok"
+        assert 0 < len(client.channel.stream.data) < 4096
     finally:
         sock.close()
+    assert dump_status(agent) == "ok"
