@@ -52,6 +52,9 @@ CONNECTION_DEADLINE = 5.0
 MAX_FRAME = 64 * 1024
 _SEND_CHUNK = 256 * 1024
 _RECV_CHUNK = 64 * 1024
+#: Largest report one agent sends, in bytes of JSON (ASCII). A larger one has
+#: threads left out until it fits, and says so (``"report_truncated"``).
+MAX_REPORT_BYTES = 4 * 1024 * 1024
 #: Largest options payload a client may send to ``dump``.
 MAX_OPTIONS = 4096
 
@@ -95,6 +98,35 @@ def _error_report(agent: Agent, message: str) -> dict[str, Any]:
     }
 
 
+def _bounded_json(report: dict[str, Any]) -> str:
+    """``report`` as JSON text of at most :data:`MAX_REPORT_BYTES`: if it is
+    larger, threads are left out (the agent's own last) until it fits, and the
+    report says so with ``"threads_truncated"`` and ``"report_truncated"``."""
+    text = json.dumps(report, default=repr)
+    if len(text) <= MAX_REPORT_BYTES:
+        return text
+    threads = report["threads"]
+    others = [t for t in threads if not t.get("is_agent")]
+    agents = [t for t in threads if t.get("is_agent")]
+    already = report.get("threads_truncated", 0)
+    keep = len(others)
+    while True:
+        if keep:
+            keep //= 2
+            kept = others[:keep] + agents
+        else:
+            kept = []
+        smaller = dict(
+            report,
+            threads=kept,
+            threads_truncated=already + len(threads) - len(kept),
+            report_truncated=True,
+        )
+        text = json.dumps(smaller, default=repr)
+        if len(text) <= MAX_REPORT_BYTES or not kept:
+            return text
+
+
 class UTDService(rpyc.Service):  # type: ignore[misc]
     """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
 
@@ -126,7 +158,7 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
                 agent_idents=agent_idents(),
                 unsafe=agent.unsafe,
             )
-            return json.dumps(report, default=repr)
+            return _bounded_json(report)
         except Exception as err:  # the agent must answer, whatever happened
             log.exception("flask-utd: the dump of this process failed")
             return json.dumps(

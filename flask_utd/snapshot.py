@@ -16,6 +16,23 @@ from typing import Any
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
 
+#: Most frames given for one thread: the innermost ones (where the thread is
+#: now). A thread with more has ``"frames_truncated"``: how many outer frames
+#: were left out.
+MAX_FRAMES = 200
+#: Most threads given for one process; the agent's threads are always given.
+#: A process with more has ``"threads_truncated"``: how many were left out.
+MAX_THREADS = 500
+#: Longest source line given as a frame's ``"code"``; a longer one is cut and
+#: ends with "...".
+MAX_CODE_CHARS = 200
+
+
+class ThreadReports(list[dict[str, Any]]):
+    """The thread entries of a process, and how many threads were left out."""
+
+    omitted: int = 0
+
 
 def live_native_ids() -> set[int] | None:
     """The native ids of the threads this process really has (``/proc/self/task``)."""
@@ -44,12 +61,16 @@ def ghost_threads() -> list[threading.Thread]:
     ]
 
 
-def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
+def _frame_stack(frame: FrameType | None) -> tuple[list[dict[str, Any]], int]:
+    """The innermost :data:`MAX_FRAMES` frames, outermost first, and how many
+    outer frames were left out (counted, not read)."""
     frames: list[dict[str, Any]] = []
-    while frame is not None:
+    while frame is not None and len(frames) < MAX_FRAMES:
         code = frame.f_code
         lineno = frame.f_lineno or code.co_firstlineno
         line = linecache.getline(code.co_filename, lineno).strip()
+        if len(line) > MAX_CODE_CHARS:
+            line = line[: MAX_CODE_CHARS - 3] + "..."
         frames.append(
             {
                 "file": code.co_filename,
@@ -59,8 +80,12 @@ def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
             }
         )
         frame = frame.f_back
+    omitted = 0
+    while frame is not None:
+        omitted += 1
+        frame = frame.f_back
     frames.reverse()
-    return frames
+    return frames, omitted
 
 
 def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
@@ -74,7 +99,7 @@ def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int |
     return native
 
 
-def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
+def thread_reports(agent_idents: Collection[int]) -> ThreadReports:
     """One entry per thread that ``sys._current_frames()`` knows.
 
     Only call this when :func:`ghost_threads` is empty: with ghost thread states,
@@ -86,21 +111,32 @@ def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
     tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
     current = sys._current_frames()
+    threads = ThreadReports()
     try:
-        threads: list[dict[str, Any]] = []
+        # Beyond MAX_THREADS: the main thread, then the oldest (Python lists
+        # the newest first), and always the agent's own.
+        main = threading.main_thread().ident
+        others = [i for i in reversed(current) if i not in agent_idents]
+        others.sort(key=lambda i: i != main)
+        kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
+        threads.omitted = len(current) - len(kept)
         for ident, frame in current.items():
+            if ident not in kept:
+                continue
             thread = by_ident.get(ident)
-            threads.append(
-                {
-                    "ident": ident,
-                    "native_id": _native_id(thread, tasks),
-                    "name": thread.name if thread else f"<thread {ident}>",
-                    "daemon": thread.daemon if thread else None,
-                    "is_agent": ident in agent_idents,
-                    "request": None,
-                    "frames": _frame_stack(frame),
-                }
-            )
+            frames, omitted = _frame_stack(frame)
+            entry: dict[str, Any] = {
+                "ident": ident,
+                "native_id": _native_id(thread, tasks),
+                "name": thread.name if thread else f"<thread {ident}>",
+                "daemon": thread.daemon if thread else None,
+                "is_agent": ident in agent_idents,
+                "request": None,
+                "frames": frames,
+            }
+            if omitted:
+                entry["frames_truncated"] = omitted
+            threads.append(entry)
     finally:
         del current
     # The agent's own threads last: they are never the interesting ones.
@@ -139,7 +175,10 @@ def process_report(
         report["status"] = "unsafe"
         report["error"] = unsafe
         return report
-    report["threads"] = thread_reports(agent_idents)
+    threads = thread_reports(agent_idents)
+    report["threads"] = threads
+    if threads.omitted:
+        report["threads_truncated"] = threads.omitted
     return report
 
 
