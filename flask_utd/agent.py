@@ -345,7 +345,13 @@ class AgentServer(Server):  # type: ignore[misc]
             self._selector.register(self.listener, selectors.EVENT_READ, "listener")
             self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             while self.active:
-                self._turn()
+                try:
+                    self._turn()
+                except Exception:
+                    # A bug must not end the agent: say so, breathe, go on.
+                    if self.active:
+                        log.exception("flask-utd: error in the agent's loop")
+                        time.sleep(0.1)
         except Exception:
             if self.active:
                 log.exception("flask-utd: the agent stopped on an error")
@@ -379,6 +385,9 @@ class AgentServer(Server):  # type: ignore[misc]
                         self._pump(client)
                 except (_Drop, OSError, EOFError) as err:
                     self._drop(client, str(err))
+                except Exception:
+                    log.exception("flask-utd: the agent failed to serve a client")
+                    self._drop(client, "an error in the agent")
         if accept and self.active:
             self._accept_some()
         now = time.monotonic()
@@ -444,6 +453,9 @@ class AgentServer(Server):  # type: ignore[misc]
             self._receive(client)
         except (_Drop, OSError, EOFError) as err:
             self._drop(client, str(err))
+        except Exception:
+            log.exception("flask-utd: the agent failed to serve a client")
+            self._drop(client, "an error in the agent")
 
     def _connection(self, client: _Client) -> Any:
         """The client's RPyC connection, made at its first complete frame (a
