@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 TEST_PYTHONS ?= 3.10 3.11 3.12 3.13
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pythons test demo lint bench clean
+.PHONY: venv pythons test demo lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,12 @@ pythons: .venvs/.installed
 test: $(STAMP) .venvs/.installed
 	$(BIN)/python -m pytest
 
+# Static checks: ruff (lint and format) and mypy strict, configured in pyproject.toml.
+LINT_PATHS := flask_utd tests demo_app $(wildcard bench docs/conf.py)
+
 lint: $(STAMP)
-	$(BIN)/ruff check flask_utd tests demo_app bench
-	$(BIN)/ruff format --check flask_utd tests demo_app bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 # Prints one table: flask-utd against py-spy and against no extension (about
@@ -51,8 +54,18 @@ bench: $(STAMP)
 	@[ -x $(BIN)/py-spy ] || $(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
+# The documentation site, warnings as errors, into docs/_build/html.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
 demo: $(STAMP)
 	$(BIN)/python -m demo_app.run
 
 clean:
-	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache docs/_build

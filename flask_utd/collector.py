@@ -19,11 +19,15 @@ from typing import Any
 from . import sockets
 from . import wire
 from .errors import InstanceNotFound
+from .summary import summarize
 
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
 MARGIN = 0.25
 _ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
+#: The default of ``UTD_SLOW_REQUEST`` (``config.DEFAULTS``; a test keeps them
+#: equal), here so that the lean command need not import :mod:`flask_utd.config`.
+SLOW_AFTER = 5.0
 
 
 def _utc_now() -> str:
@@ -35,7 +39,11 @@ def _utc_now() -> str:
 
 
 def _entry(
-    pid: int, status: str, error: str | None, role: str = "process", worker_id: Any = None
+    pid: int,
+    status: str,
+    error: str | None,
+    role: str = "process",
+    worker_id: Any = None,
 ) -> dict[str, Any]:
     return {
         "pid": pid,
@@ -57,7 +65,9 @@ def _timeout_message(pid: int, timeout: float) -> str:
     )
 
 
-def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> dict[str, Any]:
+def ask(
+    path: str, pid: int, deadline: float, timeout: float, options: str
+) -> dict[str, Any]:
     """Ask the agent on ``path`` for its process report; never raise.
 
     Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
@@ -85,13 +95,15 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
     except TimeoutError:
         return _entry(pid, "timeout", _timeout_message(pid, timeout))
     except (EOFError, ConnectionResetError, BrokenPipeError):
-        # The agent hangs up on a peer of another uid (SO_PEERCRED).
+        # The agent hangs up on a peer of another uid (SO_PEERCRED), and on a
+        # client it has no room for.
         return _entry(
             pid,
             "refused",
             f"the agent of process {pid} closed the connection without answering:"
-            " it accepts only this user and root; run the command as the server's"
-            " user.",
+            " it accepts only this user and root (run the command as the server's"
+            " user), and turns new clients away while it is busy with others (try"
+            " again).",
         )
     except Exception as err:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
@@ -158,6 +170,7 @@ def collect(
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
+    slow_after: float = SLOW_AFTER,
 ) -> dict[str, Any]:
     """Collect the report of every process of ``instance``.
 
@@ -169,7 +182,11 @@ def collect(
     :param pid: only this process.
     :param roster: the server's own list of workers (``pid``, ``worker_id``);
         a worker in it without a socket is reported, not forgotten.
-    :param options: dump options passed to every agent.
+    :param options: dump options passed to every agent: ``{"locals": True}``
+        (or a number of frames) asks for locals, which each agent gives only
+        when its app set ``UTD_LOCALS = True``.
+    :param slow_after: requests older than this many seconds are listed as stuck
+        in the report's ``summary`` (``UTD_SLOW_REQUEST``).
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -193,7 +210,11 @@ def collect(
             processes.append(answer)
     known = {p["pid"] for p in processes}
     for worker in roster or ():
-        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"]):
+        if (
+            worker["pid"]
+            and worker["pid"] not in known
+            and pid in (None, worker["pid"])
+        ):
             processes.append(
                 _entry(
                     worker["pid"],
@@ -208,7 +229,7 @@ def collect(
     processes.sort(
         key=lambda p: (_ROLE_ORDER.get(p["role"], 3), p["worker_id"] or 0, p["pid"])
     )
-    return {
+    report = {
         "schema": SCHEMA,
         "generated_at": _utc_now(),
         "host": socket.gethostname(),
@@ -216,9 +237,13 @@ def collect(
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
     }
+    report["summary"] = summarize(report, slow_after)
+    return report
 
 
-def find_instance(socket_dirs: Iterable[str], instance: str | None = None) -> tuple[str, str]:
+def find_instance(
+    socket_dirs: Iterable[str], instance: str | None = None
+) -> tuple[str, str]:
     """Find the one server instance to dump: ``(socket_dir, instance)``.
 
     :param socket_dirs: where to look, in order.

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .collector import SLOW_AFTER
 from .collector import all_answered
 from .collector import collect
 from .collector import find_instance
@@ -40,6 +41,10 @@ Options:
                        are running.
   --timeout SECONDS    Each process's deadline in seconds, more than 0 and at
                        most 60 (default: 2).
+  --locals             Show the locals of the innermost frames (the app must
+                       set UTD_LOCALS).
+  --slow-after SECONDS List requests older than this many seconds first, as
+                       stuck (default: 5).
   --help               Show this message and exit.
 """
 
@@ -62,8 +67,10 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
         "pid": None,
         "instance": None,
         "timeout": 2.0,
+        "show_locals": False,
+        "slow_after": SLOW_AFTER,
     }
-    takes_value = {"--socket-dir", "--pid", "--instance", "--timeout"}
+    takes_value = {"--socket-dir", "--pid", "--instance", "--timeout", "--slow-after"}
     rest = args[1:]
     while rest:
         arg = rest.pop(0)
@@ -72,6 +79,9 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
         name, eq, value = arg.partition("=")
         if name == "--json" and not eq:
             options["as_json"] = True
+            continue
+        if name == "--locals" and not eq:
+            options["show_locals"] = True
             continue
         if name not in takes_value:
             raise _Usage(f"no such option: {name}")
@@ -90,6 +100,17 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
                 raise _Usage(
                     f"invalid value for --pid: {value!r} is not an integer."
                 ) from None
+        elif name == "--slow-after":
+            try:
+                slow = float(value)
+            except ValueError:
+                slow = float("nan")
+            if not slow >= 0:
+                raise _Usage(
+                    f"invalid value for --slow-after: {value!r} is not a number of"
+                    " seconds (0 or more)."
+                )
+            options["slow_after"] = slow
         else:
             try:
                 timeout = float(value)
@@ -111,6 +132,8 @@ def dump(
     pid: int | None = None,
     as_json: bool = False,
     timeout: float = 2.0,
+    show_locals: bool = False,
+    slow_after: float = SLOW_AFTER,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
@@ -122,7 +145,14 @@ def dump(
     except InstanceNotFound as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    report = collect(socket_dir, found, timeout=timeout, pid=pid)
+    report = collect(
+        socket_dir,
+        found,
+        timeout=timeout,
+        pid=pid,
+        options={"locals": True} if show_locals else None,
+        slow_after=slow_after,
+    )
     if pid is not None and not report["processes"]:
         print(f"Error: no process {pid} in server instance {found}.", file=sys.stderr)
         return EXIT_USAGE
@@ -165,5 +195,7 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             pid=options["pid"],
             as_json=options["as_json"],
             timeout=options["timeout"],
+            show_locals=options["show_locals"],
+            slow_after=options["slow_after"],
         )
     )

@@ -9,13 +9,36 @@ import linecache
 import os
 import sys
 import threading
+import time
 from collections.abc import Collection
 from types import CodeType
 from types import FrameType
 from typing import Any
 
+from . import tracking
+from . import waits
+from .frame_locals import LocalsRequest
+from .frame_locals import collect_locals
+
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
+
+#: Most frames given for one thread: the innermost ones (where the thread is
+#: now). A thread with more has ``"frames_truncated"``: how many outer frames
+#: were left out.
+MAX_FRAMES = 200
+#: Most threads given for one process; the agent's threads are always given.
+#: A process with more has ``"threads_truncated"``: how many were left out.
+MAX_THREADS = 500
+#: Longest source line given as a frame's ``"code"``; a longer one is cut and
+#: ends with "...".
+MAX_CODE_CHARS = 200
+
+
+class ThreadReports(list[dict[str, Any]]):
+    """The thread entries of a process, and how many threads were left out."""
+
+    omitted: int = 0
 
 
 def live_native_ids() -> set[int] | None:
@@ -48,6 +71,8 @@ def ghost_threads() -> list[threading.Thread]:
 def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
     line = lineno or code.co_firstlineno
     text = linecache.getline(code.co_filename, line).strip()
+    if len(text) > MAX_CODE_CHARS:
+        text = text[: MAX_CODE_CHARS - 3] + "..."
     return {
         "file": code.co_filename,
         "line": line,
@@ -57,21 +82,28 @@ def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
 
 
 def _frame_stack(
-    frame: FrameType | None, memo: dict[int, dict[int | None, dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """The frames of one stack, outermost first.
+    frame: FrameType | None,
+    memo: dict[int, dict[int | None, dict[str, Any]]],
+    *,
+    shared: bool = True,
+) -> tuple[list[dict[str, Any]], list[FrameType], int]:
+    """The innermost :data:`MAX_FRAMES` frames, outermost first, their frame
+    objects, and how many outer frames were left out (counted, not read).
 
     ``memo`` maps ``id(code)``, then the line, to the frame's entry, for one
     snapshot: the threads of a server run the same code, so most frames are
-    looked up rather than built (and their source line read) again, and the same
-    entry appears in several stacks. Entries are shared: treat them as read-only.
-    The ids are stable because the frames keep their code objects alive for the
-    snapshot. (Keyed by id, not by the code object: hashing a code object hashes
-    its contents.)
+    looked up rather than built (and their source line read) again. With
+    ``shared``, the same entry then appears in several stacks: treat them as
+    read-only. Without it (when locals are added to the entries), each stack gets
+    its own copies. The ids are stable because the frames keep their code objects
+    alive for the snapshot. (Keyed by id, not by the code object: hashing a code
+    object hashes its contents.)
     """
     frames: list[dict[str, Any]] = []
+    objects: list[FrameType] = []
     append = frames.append
-    while frame is not None:
+    while frame is not None and len(frames) < MAX_FRAMES:
+        objects.append(frame)
         code = frame.f_code
         lineno = frame.f_lineno
         lines = memo.get(id(code))
@@ -80,10 +112,15 @@ def _frame_stack(
         entry = lines.get(lineno)
         if entry is None:
             entry = lines[lineno] = _frame_entry(code, lineno)
-        append(entry)
+        append(entry if shared else dict(entry))
+        frame = frame.f_back
+    omitted = 0
+    while frame is not None:
+        omitted += 1
         frame = frame.f_back
     frames.reverse()
-    return frames
+    objects.reverse()
+    return frames, objects, omitted
 
 
 def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
@@ -97,39 +134,78 @@ def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int |
     return native
 
 
-def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
-    """One entry per thread that ``sys._current_frames()`` knows.
+def thread_reports(
+    agent_idents: Collection[int], locals_request: LocalsRequest | None = None
+) -> tuple[ThreadReports, dict[str, Any] | None]:
+    """One entry per thread that ``sys._current_frames()`` knows, and the report's
+    ``locals`` entry when locals were asked for.
 
     Only call this when :func:`ghost_threads` is empty: with ghost thread states,
     ``sys._current_frames()`` can crash the process (Python 3.11) or answer with a
     stack that belongs to the parent (3.10).
 
     :param agent_idents: idents of the agent's own threads, marked ``is_agent``.
+    :param locals_request: show the locals of the innermost frames (never of the
+        agent's threads).
     """
     tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
+    now = time.monotonic()
     current = sys._current_frames()
+    with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
+    threads = ThreadReports()
     memo: dict[int, dict[int | None, dict[str, Any]]] = {}
     try:
-        threads = []
+        # Beyond MAX_THREADS: the main thread, then the oldest (Python lists
+        # the newest first), and always the agent's own.
+        main = threading.main_thread().ident
+        others = [i for i in reversed(current) if i not in agent_idents]
+        others.sort(key=lambda i: i != main)
+        kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
+        threads.omitted = len(current) - len(kept)
         for ident, frame in current.items():
+            if ident not in kept:
+                continue
             thread = by_ident.get(ident)
-            threads.append(
-                {
-                    "ident": ident,
-                    "native_id": _native_id(thread, tasks),
-                    "name": thread.name if thread else f"<thread {ident}>",
-                    "daemon": thread.daemon if thread else None,
-                    "is_agent": ident in agent_idents,
-                    "request": None,
-                    "frames": _frame_stack(frame, memo),
-                }
+            native_id = _native_id(thread, tasks)
+            frames, objects, omitted = _frame_stack(
+                frame, memo, shared=locals_request is None
             )
+            os_state, wchan = waits.os_state(native_id)
+            wait, wait_frame = waits.infer(
+                frames, calling=waits.in_call(frame), os_state=os_state
+            )
+            owner = None
+            if wait == "waiting-lock" and frames:
+                owner = waits.lock_owner(frame, frames[-1]["code"], ident)
+            is_agent = ident in agent_idents
+            entry: dict[str, Any] = {
+                "ident": ident,
+                "native_id": native_id,
+                "name": thread.name if thread else f"<thread {ident}>",
+                "daemon": thread.daemon if thread else None,
+                "is_agent": is_agent,
+                "request": tracking.request_of(ident, now),
+                "wait": wait,
+                "wait_frame": wait_frame,
+                "os_state": os_state,
+                "wchan": wchan,
+                "lock_owner": owner,
+                "frames": frames,
+            }
+            if omitted:
+                entry["frames_truncated"] = omitted
+            threads.append(entry)
+            if locals_request is not None and not is_agent:
+                with_locals.append((frames, objects))
+        locals_entry = None
+        if locals_request is not None:
+            locals_entry = collect_locals(with_locals, locals_request)
     finally:
-        del current, memo
+        del current, with_locals, memo
     # The agent's own threads last: they are never the interesting ones.
     threads.sort(key=lambda t: t["is_agent"])
-    return threads
+    return threads, locals_entry
 
 
 def process_report(
@@ -138,6 +214,8 @@ def process_report(
     worker_id: int | None,
     agent_idents: Collection[int],
     unsafe: str | None = None,
+    locals_request: LocalsRequest | None = None,
+    locals_error: str | None = None,
 ) -> dict[str, Any]:
     """The ``flask-utd/1`` entry of this process.
 
@@ -146,6 +224,8 @@ def process_report(
     :param agent_idents: idents of the agent's threads.
     :param unsafe: why stacks cannot be read safely here; the report then has
         status ``"unsafe"`` and no threads.
+    :param locals_request: show the locals of each thread's innermost frames.
+    :param locals_error: locals were asked for and refused: why.
     """
     report: dict[str, Any] = {
         "pid": os.getpid(),
@@ -163,7 +243,14 @@ def process_report(
         report["status"] = "unsafe"
         report["error"] = unsafe
         return report
-    report["threads"] = thread_reports(agent_idents)
+    threads, locals_entry = thread_reports(agent_idents, locals_request)
+    report["threads"] = threads
+    if threads.omitted:
+        report["threads_truncated"] = threads.omitted
+    if locals_error is not None:
+        report["locals"] = {"error": locals_error}
+    elif locals_entry is not None:
+        report["locals"] = locals_entry
     return report
 
 

@@ -227,3 +227,34 @@ def test_another_uid_is_refused_through_the_wire_client(
     )
     assert out.stdout.startswith("refused "), out.stdout + out.stderr
     assert "run the command as the server's user" in out.stdout
+
+
+def test_lean_defaults_match_the_settings() -> None:
+    from flask_utd.collector import SLOW_AFTER
+    from flask_utd.config import DEFAULTS
+
+    assert SLOW_AFTER == DEFAULTS["UTD_SLOW_REQUEST"]
+
+
+def test_lean_options_are_checked(socket_dir: str) -> None:
+    for args, message in (
+        (["--slow-after", "soon"], "--slow-after"),
+        (["--timeout", "0"], "--timeout"),
+        (["--bogus"], "no such option"),
+    ):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flask_utd",
+                "dump",
+                "--socket-dir",
+                socket_dir,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2 and message in out.stderr, out.stderr
