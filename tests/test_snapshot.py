@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+from typing import Any
 
 from flask_utd.snapshot import ghost_threads
 from flask_utd.snapshot import process_report
@@ -97,3 +98,51 @@ def test_ghost_threads_are_found_after_a_fork_in_c() -> None:
     assert "py-call-uwsgi-fork-hooks = true" in result["report"]["error"]
     assert result["report"]["threads"] == []
     assert ghost_threads() == []  # and none here, in the parent
+
+
+def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
+    """The snapshot builds one entry per code and line and shares it between
+    stacks; with locals, each stack gets its own copies (docs/performance.rst)."""
+    import json as _json
+
+    from flask_utd.frame_locals import LocalsRequest
+    from flask_utd.snapshot import thread_reports
+
+    release = threading.Event()
+    ready = threading.Barrier(3)
+
+    def park(label: str) -> None:
+        ready.wait()
+        release.wait()
+
+    parked = [
+        threading.Thread(target=park, args=(f"label-{i}",), daemon=True)
+        for i in range(2)
+    ]
+    for thread in parked:
+        thread.start()
+    ready.wait()
+    try:
+        plain, _ = thread_reports(())
+        with_locals, _ = thread_reports((), LocalsRequest(3, "builtin", 2.0))
+    finally:
+        release.set()
+    idents = {t.ident for t in parked}
+
+    def park_frames(threads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            next(f for f in t["frames"] if f["function"] == "park")
+            for t in threads
+            if t["ident"] in idents
+        ]
+
+    first, second = park_frames(plain)
+    assert first == second and "locals" not in first
+    first, second = park_frames(with_locals)
+    assert {first["locals"]["label"], second["locals"]["label"]} == {
+        "'label-0'",
+        "'label-1'",
+    }
+    # A later snapshot without locals is not polluted by the earlier one.
+    assert all("locals" not in f for t in plain for f in t["frames"])
+    _json.dumps(plain)
