@@ -395,8 +395,13 @@ class AgentServer(Server):  # type: ignore[misc]
     def _turn(self) -> None:
         """One turn of the loop: wait for the next event or deadline, handle it."""
         now = time.monotonic()
-        due = min((c.deadline for c in self._clients), default=now + 1.0)
-        events = self._selector.select(max(0.0, min(due - now, 1.0)))
+        if self._clients:
+            due = min(c.deadline for c in self._clients)
+            events = self._selector.select(max(0.0, min(due - now, 1.0)))
+        else:
+            # Idle: block until a client connects or close() wakes the loop.
+            # No timeout, so an idle agent never wakes up (docs/performance.rst).
+            events = self._selector.select(None)
         accept = False
         # Clients first: a request already here is answered before new
         # connections can take its place.
