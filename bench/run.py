@@ -512,9 +512,25 @@ def parked_threads(count: int, depth: int) -> Iterator[None]:
 
 
 def bench_snapshot(table: Table) -> None:
+    from flask_utd import snapshot
     from flask_utd.snapshot import process_report
     from flask_utd.snapshot import thread_reports
 
+    # The snapshot reports at most MAX_THREADS threads (if the limit exists):
+    # raised here, so that both sides walk every thread.
+    cap = getattr(snapshot, "MAX_THREADS", None)
+    if cap is not None:
+        snapshot.MAX_THREADS = max(cap, max(THREAD_COUNTS) + 100)
+    try:
+        _bench_snapshot(table, process_report, thread_reports)
+    finally:
+        if cap is not None:
+            snapshot.MAX_THREADS = cap
+
+
+def _bench_snapshot(
+    table: Table, process_report: Callable[..., Any], thread_reports: Callable[..., Any]
+) -> None:
     for count in THREAD_COUNTS:
         with parked_threads(count, DEPTH):
             snap: list[float] = []
