@@ -801,6 +801,18 @@ def bench_server_costs(table: Table, tmp: str) -> None:
             for t in p["threads"]
             if t["is_agent"] and t["native_id"]
         ]
+        # Let the agents finish with that collection before watching them.
+        last: list[dict[tuple[int, int], int]] = [{}]
+
+        def settled() -> bool:
+            now = {a: wakeups(*a) for a in agents}
+            quiet = now == last[0]
+            last[0] = now
+            return quiet
+
+        deadline = time.monotonic() + 10
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.2)
         before = {a: thread_stat(*a)[1] for a in agents}
         woken_before = {a: wakeups(*a) for a in agents}
         proc_before = {p: process_ticks(p) for p in with_workers + without_workers}

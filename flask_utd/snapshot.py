@@ -88,7 +88,8 @@ def _frame_stack(
     shared: bool = True,
 ) -> tuple[list[dict[str, Any]], list[FrameType], int]:
     """The innermost :data:`MAX_FRAMES` frames, outermost first, their frame
-    objects, and how many outer frames were left out (counted, not read).
+    objects (only without ``shared``: they are for the locals), and how many
+    outer frames were left out (counted, not read).
 
     ``memo`` maps ``id(code)``, then the line, to the frame's entry, for one
     snapshot: the threads of a server run the same code, so most frames are
@@ -102,8 +103,11 @@ def _frame_stack(
     frames: list[dict[str, Any]] = []
     objects: list[FrameType] = []
     append = frames.append
-    while frame is not None and len(frames) < MAX_FRAMES:
-        objects.append(frame)
+    left = MAX_FRAMES
+    while frame is not None and left:
+        left -= 1
+        if not shared:  # the frame objects are for the locals
+            objects.append(frame)
         code = frame.f_code
         lineno = frame.f_lineno
         lines = memo.get(id(code))

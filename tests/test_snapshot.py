@@ -124,7 +124,7 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     ready.wait()
     try:
         plain, _ = thread_reports(())
-        with_locals, _ = thread_reports((), LocalsRequest(3, "builtin", 2.0))
+        with_locals, _ = thread_reports((), LocalsRequest(10, "builtin", 2.0))
     finally:
         release.set()
     idents = {t.ident for t in parked}
