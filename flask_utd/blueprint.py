@@ -8,6 +8,7 @@ from flask import Blueprint
 from flask import current_app
 from flask.blueprints import BlueprintSetupState
 
+from .endpoint import dump
 from .extension import UTD
 from .extension import UTDState
 from .servers import current_place
@@ -15,7 +16,14 @@ from .servers import start_for_place
 
 #: Register it on an app and every process of its server gets a dump agent:
 #: ``app.register_blueprint(utd_bp)``. URL prefix ``/_utd``, CLI group ``utd``.
-utd_bp = Blueprint("utd", __name__, url_prefix="/_utd", cli_group="utd")
+utd_bp = Blueprint(
+    "utd",
+    __name__,
+    url_prefix="/_utd",
+    cli_group="utd",
+    template_folder="templates",
+)
+utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 
 
 @utd_bp.record_once

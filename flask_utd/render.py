@@ -53,3 +53,104 @@ def render_text(report: dict[str, Any]) -> str:
                 if frame.get("code"):
                     lines.append(f"    {frame['code']}")
     return "\n".join(lines) + "\n"
+
+
+#: Order of the thread states on the page, most telling first.
+STATE_ORDER = [
+    "running",
+    "waiting-lock",
+    "waiting-condition",
+    "io-socket",
+    "io-select",
+    "sleeping",
+    "unknown",
+]
+_LIB_MARKERS = ("/site-packages/", "/dist-packages/")
+
+
+def short_file(path: str) -> str:
+    """A file path as people read it: from the package on for installed code."""
+    for marker in _LIB_MARKERS:
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    head, sep, tail = path.rpartition("/lib/python3.")
+    if sep and "/" in tail:
+        return tail.split("/", 1)[1]
+    return path
+
+
+def _serves_request(thread: dict[str, Any]) -> bool:
+    if thread.get("request"):
+        return True
+    # Reports without request data: a Flask dispatch in the stack says it.
+    return any(f["function"] == "full_dispatch_request" for f in thread["frames"])
+
+
+def _thread_state(thread: dict[str, Any]) -> str:
+    if thread.get("wait"):
+        return str(thread["wait"])
+    if thread.get("is_agent"):
+        return "flask-utd agent"
+    return "serving a request" if _serves_request(thread) else "other"
+
+
+def _count_states(report: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for process in report["processes"]:
+        for thread in process["threads"]:
+            state = _thread_state(thread)
+            counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _state_key(item: tuple[str, int]) -> tuple[int, str]:
+    state = item[0]
+    return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), state)
+
+
+def page_context(report: dict[str, Any]) -> dict[str, Any]:
+    """What the HTML page (``utd/dump.html``) shows, computed from the report.
+
+    Uses the report's ``summary`` and the threads' ``request`` / ``wait`` fields
+    where the collector provides them, and counts what is there otherwise.
+    """
+    processes = report["processes"]
+    summary = report.get("summary") or {}
+    answered = summary.get(
+        "answered", sum(1 for p in processes if p["status"] == "ok")
+    )
+    by_state = summary.get("threads_by_state") or _count_states(report)
+    shown = []
+    for process in processes:
+        threads = []
+        for thread in process["threads"]:
+            frames = [dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]]
+            request = thread.get("request")
+            threads.append(
+                {
+                    **thread,
+                    "serving": _serves_request(thread),
+                    "state": _thread_state(thread),
+                    "request": request,
+                    "outer": frames[:-1],
+                    "inner": frames[-1] if frames else None,
+                }
+            )
+        threads.sort(key=lambda t: (t["is_agent"], not t["serving"]))
+        shown.append(
+            {
+                **process,
+                "title": _process_title(process),
+                "threads": threads,
+                "serving": sum(1 for t in threads if t["serving"]),
+            }
+        )
+    return {
+        "report": report,
+        "answered": answered,
+        "process_count": summary.get("processes", len(processes)),
+        "thread_count": sum(len(p["threads"]) for p in processes),
+        "threads_by_state": sorted(by_state.items(), key=_state_key),
+        "stuck_requests": summary.get("stuck_requests") or [],
+        "processes": shown,
+    }
