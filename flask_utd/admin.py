@@ -47,7 +47,9 @@ CLIENT_TIMEOUT = 10.0
 def only_utd(app: Flask) -> WSGIApplication:
     """A WSGI app that passes to ``app`` only the URLs of ``utd_bp``: 404 otherwise."""
 
-    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def wsgi(
+        environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
         try:
             endpoint, _ = app.url_map.bind_to_environ(environ).match()
         except HTTPException:
