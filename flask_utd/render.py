@@ -79,6 +79,22 @@ def short_file(path: str) -> str:
     return path
 
 
+def _is_ours(frame: dict[str, Any], module: str, function: str) -> bool:
+    file = str(frame["file"]).replace("\\", "/")
+    return frame["function"] == function and file.endswith(f"flask_utd/{module}.py")
+
+
+def collects_this_dump(thread: dict[str, Any]) -> bool:
+    """Whether the thread is busy making this very report: the request thread of
+    ``GET /_utd/dump`` or one of the collector's threads. Noise, like the agents."""
+    return any(
+        _is_ours(f, "endpoint", "dump")
+        or _is_ours(f, "collector", "ask")
+        or _is_ours(f, "collector", "collect")
+        for f in thread["frames"]
+    )
+
+
 def _serves_request(thread: dict[str, Any]) -> bool:
     if thread.get("request"):
         return True
@@ -91,7 +107,41 @@ def _thread_state(thread: dict[str, Any]) -> str:
         return str(thread["wait"])
     if thread.get("is_agent"):
         return "flask-utd agent"
+    if collects_this_dump(thread):
+        return "collecting this dump"
     return "serving a request" if _serves_request(thread) else "other"
+
+
+def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The innermost frame outside installed packages and the standard library."""
+    for frame in reversed(frames):
+        if frame["short"] == frame["file"]:
+            return frame
+    return frames[-1] if frames else None
+
+
+def _requests_in_progress(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the summary's ``stuck_requests`` says, from the threads themselves,
+    for reports without a summary."""
+    found = []
+    for process in processes:
+        for thread in process["threads"]:
+            if not thread["serving"] or thread["noise"]:
+                continue
+            request = thread.get("request") or {}
+            found.append(
+                {
+                    "pid": process["pid"],
+                    "role": process["role"],
+                    "worker_id": process.get("worker_id"),
+                    "thread": thread["name"],
+                    "method": request.get("method"),
+                    "path": request.get("path"),
+                    "elapsed_s": request.get("elapsed_s"),
+                    "app_frame": _app_frame(thread["frames"]),
+                }
+            )
+    return found
 
 
 def _count_states(report: dict[str, Any]) -> dict[str, int]:
@@ -125,18 +175,22 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
         threads = []
         for thread in process["threads"]:
             frames = [dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]]
-            request = thread.get("request")
+            noise = bool(thread.get("is_agent")) or collects_this_dump(thread)
             threads.append(
                 {
                     **thread,
-                    "serving": _serves_request(thread),
+                    "frames": frames,
+                    "serving": _serves_request(thread) and not noise,
+                    "noise": noise,
                     "state": _thread_state(thread),
-                    "request": request,
+                    "request": thread.get("request"),
                     "outer": frames[:-1],
                     "inner": frames[-1] if frames else None,
                 }
             )
-        threads.sort(key=lambda t: (t["is_agent"], not t["serving"]))
+        # Request threads first, then the others; the agents and the threads
+        # making this dump last.
+        threads.sort(key=lambda t: (t["noise"], not t["serving"]))
         shown.append(
             {
                 **process,
@@ -151,6 +205,10 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
         "process_count": summary.get("processes", len(processes)),
         "thread_count": sum(len(p["threads"]) for p in processes),
         "threads_by_state": sorted(by_state.items(), key=_state_key),
-        "stuck_requests": summary.get("stuck_requests") or [],
+        "stuck_requests": (
+            summary["stuck_requests"]
+            if "stuck_requests" in summary
+            else _requests_in_progress(shown)
+        ),
         "processes": shown,
     }
