@@ -48,7 +48,8 @@ def main() -> int:
     if uwsgi is None:
         print("uWSGI is not installed in this virtualenv: run `make demo`.")
         return 2
-    socket_dir = default_socket_dirs()[0]
+    # The demo app reads DEMO_-prefixed environment variables into its config.
+    socket_dir = os.environ.get("DEMO_UTD_SOCKET_DIR") or default_socket_dirs()[0]
     with tempfile.TemporaryDirectory(prefix="utd-demo-") as tmp:
         options = ini_without_address(Path(tmp) / "uwsgi.ini")
         server = UwsgiServer(uwsgi, options, Path(tmp) / "uwsgi.log")
@@ -71,8 +72,17 @@ def main() -> int:
             print("Both workers are stuck. `flask --app demo_app.app utd dump` says:\n")
             sys.stdout.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "flask", "--app", "demo_app.app", "utd", "dump",
-                 "--instance", instance],
+                [
+                    sys.executable,
+                    "-m",
+                    "flask",
+                    "--app",
+                    "demo_app.app",
+                    "utd",
+                    "dump",
+                    "--instance",
+                    instance,
+                ],
                 cwd=ROOT,
             )
             if code != 0:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 
 from flask import Blueprint
+from flask import Flask
 from flask import current_app
 from flask.blueprints import BlueprintSetupState
 
@@ -28,7 +30,9 @@ utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 
 @utd_bp.record_once
 def _set_up(state: BlueprintSetupState) -> None:
-    UTD().init_app(state.app)
+    # A blueprint is registered on a Flask app; ``state.app`` is typed as the
+    # sans-io base class.
+    UTD().init_app(cast(Flask, state.app))
 
 
 @utd_bp.before_app_request

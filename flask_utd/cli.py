@@ -104,14 +104,18 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 
 _dump_options = [
-    click.option("--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."),
+    click.option(
+        "--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."
+    ),
     click.option("--pid", type=int, help="Only this process."),
     click.option(
         "--instance",
         help="The server instance (its master's pid), when several are running.",
     ),
     click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True, max=60), help="Each process's deadline in seconds (default: UTD_TIMEOUT)."
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True, max=60),
+        help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
 ]
 

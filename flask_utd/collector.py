@@ -29,7 +29,11 @@ _ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
 
 
 def _entry(
-    pid: int, status: str, error: str | None, role: str = "process", worker_id: Any = None
+    pid: int,
+    status: str,
+    error: str | None,
+    role: str = "process",
+    worker_id: Any = None,
 ) -> dict[str, Any]:
     return {
         "pid": pid,
@@ -51,7 +55,9 @@ def _timeout_message(pid: int, timeout: float) -> str:
     )
 
 
-def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> dict[str, Any]:
+def ask(
+    path: str, pid: int, deadline: float, timeout: float, options: str
+) -> dict[str, Any]:
     """Ask the agent on ``path`` for its process report; never raise."""
     from . import rpc
 
@@ -172,7 +178,11 @@ def collect(
                 )
     known = {p["pid"] for p in processes}
     for worker in roster or ():
-        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"]):
+        if (
+            worker["pid"]
+            and worker["pid"] not in known
+            and pid in (None, worker["pid"])
+        ):
             processes.append(
                 _entry(
                     worker["pid"],
@@ -197,7 +207,9 @@ def collect(
     }
 
 
-def find_instance(socket_dirs: Iterable[str], instance: str | None = None) -> tuple[str, str]:
+def find_instance(
+    socket_dirs: Iterable[str], instance: str | None = None
+) -> tuple[str, str]:
     """Find the one server instance to dump: ``(socket_dir, instance)``.
 
     :param socket_dirs: where to look, in order.

@@ -92,7 +92,9 @@ _MASTER_UNSAFE = (
 )
 
 
-def start_for_place(settings: Settings, place: Place, unsafe: str | None = None) -> None:
+def start_for_place(
+    settings: Settings, place: Place, unsafe: str | None = None
+) -> None:
     """Start the agent of this process, or leave a note saying why it cannot run."""
     try:
         if place.role == "master" and not uwsgi_option(FORK_HOOKS_OPTION):
@@ -150,6 +152,16 @@ def setup_process(settings: Settings) -> bool:
     if uwsgi is None:
         return False
     place = current_place()
+    if (
+        sys.version_info >= (3, 13)
+        and uwsgi_option("py-call-osafterfork")
+        and not uwsgi_option(FORK_HOOKS_OPTION)
+    ):
+        log.warning(
+            "flask-utd: on Python 3.13, uWSGI's `py-call-osafterfork` aborts every"
+            " worker right after the fork, with or without flask-utd; replace it with"
+            " `py-call-uwsgi-fork-hooks = true` in uwsgi.ini."
+        )
     if place.role == "master":
         # Workers forked from here start their own agent after the fork.
         if settings not in _postfork_settings:

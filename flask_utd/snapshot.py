@@ -87,7 +87,7 @@ def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
     by_ident = {t.ident: t for t in threading.enumerate()}
     current = sys._current_frames()
     try:
-        threads = []
+        threads: list[dict[str, Any]] = []
         for ident, frame in current.items():
             thread = by_ident.get(ident)
             threads.append(
