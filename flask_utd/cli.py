@@ -174,7 +174,9 @@ def register(bp: Blueprint) -> None:
         run_and_finish(run, testing=current_app.testing)
 
 
-def make_url(app: Flask, *, expires: float | None = None, base: str | None = None) -> str:
+def make_url(
+    app: Flask, *, expires: float | None = None, base: str | None = None
+) -> str:
     """A signed URL of the app's ``GET /_utd/dump``, valid for ``expires`` seconds.
 
     :param expires: the lifetime in seconds (default and maximum:

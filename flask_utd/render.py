@@ -114,10 +114,8 @@ def _thread_state(thread: dict[str, Any]) -> str:
 
 def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The innermost frame outside installed packages and the standard library."""
-    for frame in reversed(frames):
-        if frame["short"] == frame["file"]:
-            return frame
-    return frames[-1] if frames else None
+    app_frames = [f for f in frames if f["short"] == f["file"]] or frames
+    return app_frames[-1] if app_frames else None
 
 
 def _requests_in_progress(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +153,10 @@ def _count_states(report: dict[str, Any]) -> dict[str, int]:
 
 def _state_key(item: tuple[str, int]) -> tuple[int, str]:
     state = item[0]
-    return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), state)
+    return (
+        STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER),
+        state,
+    )
 
 
 def page_context(report: dict[str, Any]) -> dict[str, Any]:
@@ -166,15 +167,15 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
     """
     processes = report["processes"]
     summary = report.get("summary") or {}
-    answered = summary.get(
-        "answered", sum(1 for p in processes if p["status"] == "ok")
-    )
+    answered = summary.get("answered", sum(1 for p in processes if p["status"] == "ok"))
     by_state = summary.get("threads_by_state") or _count_states(report)
     shown = []
     for process in processes:
         threads = []
         for thread in process["threads"]:
-            frames = [dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]]
+            frames = [
+                dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]
+            ]
             noise = bool(thread.get("is_agent")) or collects_this_dump(thread)
             threads.append(
                 {
