@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,3 +284,17 @@ def test_url_command_in_a_subprocess_exits_promptly_and_starts_no_agent(
         os.path.join(d, f) for d, _, files in os.walk(socket_dir) for f in files
     ]
     assert leftovers == []
+
+
+def test_a_forked_child_does_not_inherit_a_held_collection_lock() -> None:
+    """The admin listener may hold the lock when the master forks a worker."""
+    from flask_utd import endpoint
+
+    with endpoint._collecting, warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os._exit(0 if endpoint._collecting.acquire(blocking=False) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
