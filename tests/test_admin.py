@@ -19,6 +19,7 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from flask_utd.signing import make_token
+from tests.conftest import SUPPORTED
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of
@@ -40,12 +41,18 @@ _ADMIN = re.compile(r"admin listener of the uWSGI master \(pid \d+\) bound to (\
 
 
 def start(
-    servers: Servers, *, hooks: bool = True, admin: str | None = None
+    servers: Servers,
+    *,
+    hooks: bool = True,
+    admin: str | None = None,
+    version: str | None = None,
 ) -> UwsgiServer:
     env = {"DEMO_SECRET_KEY": SECRET}
     if admin is not None:
         env["DEMO_UTD_ADMIN_LISTEN"] = admin
-    return servers.start(need_uwsgi(), OPTIONS + (HOOKS if hooks else []), env=env)
+    return servers.start(
+        need_uwsgi(version), OPTIONS + (HOOKS if hooks else []), env=env
+    )
 
 
 def admin_address(server: UwsgiServer) -> str:
@@ -136,10 +143,11 @@ def socket_inodes(pid: int) -> set[str]:
     return found
 
 
+@pytest.mark.parametrize("version", SUPPORTED)
 def test_admin_listener_answers_while_every_worker_is_stuck(
-    servers: Servers, socket_dir: str
+    servers: Servers, socket_dir: str, version: str
 ) -> None:
-    server = start(servers, admin="127.0.0.1:0")
+    server = start(servers, admin="127.0.0.1:0", version=version)
     address = admin_address(server)
     assert address.startswith("127.0.0.1:")
     stick(server, 2)
@@ -179,10 +187,11 @@ def test_admin_listener_answers_while_every_worker_is_stuck(
     assert "token=" not in server.log()
 
 
+@pytest.mark.parametrize("version", SUPPORTED)
 def test_no_worker_inherits_the_admin_listener(
-    servers: Servers, socket_dir: str
+    servers: Servers, socket_dir: str, version: str
 ) -> None:
-    server = start(servers, admin="127.0.0.1:0")
+    server = start(servers, admin="127.0.0.1:0", version=version)
     port = int(admin_address(server).rsplit(":", 1)[1])
     inode = listening_inode(port)
     assert inode in socket_inodes(server.pid)
