@@ -273,3 +273,39 @@ def test_the_apps_own_port_answers_when_a_worker_is_free(
     )
     status, _, body = get(server.url("/_utd/dump"))
     assert status == 403 and json.loads(body) == {"error": "missing token"}
+
+
+def test_admin_server_in_this_process_serves_only_utd(app) -> None:  # type: ignore[no-untyped-def]
+    """The listener itself, without uWSGI: routes, and what a forked child keeps."""
+    import warnings
+
+    from flask_utd.admin import start_admin
+    from flask_utd.admin import stop_admin
+
+    token = make_token(app.extensions["utd"].settings.secret_key, 60)
+
+    @app.get("/private")
+    def private() -> str:
+        return "the app's own route\n"
+
+    listener = start_admin(app, ("127.0.0.1", 0))
+    try:
+        assert listener.thread.name == "utd-admin" and listener.thread.daemon
+        base = f"http://{listener.address}"
+        status, _, body = get(f"{base}/_utd/dump?token={token}&format=json")
+        assert status == 200 and json.loads(body)["schema"] == "flask-utd/1"
+        assert get(f"{base}/private")[0] == 404
+        assert get(f"{base}/_utd/dump")[0] == 403
+
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a process with threads.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os._exit(0 if listener.server.socket.fileno() == -1 else 1)
+        _, status_code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status_code) == 0, "the child kept the socket"
+        assert listener.server.socket.fileno() != -1
+    finally:
+        stop_admin()
+    assert not listener.thread.is_alive()
