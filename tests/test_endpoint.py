@@ -298,3 +298,120 @@ def test_a_forked_child_does_not_inherit_a_held_collection_lock() -> None:
             os._exit(0 if endpoint._collecting.acquire(blocking=False) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _frame(function: str, code: str, file: str = "/srv/app/views.py") -> dict[str, Any]:
+    return {"file": file, "line": 7, "function": function, "code": code}
+
+
+def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None:
+    """The fields the collector may add (request, wait, summary) and statuses
+    other than ok, rendered from a report made by hand."""
+    from flask import render_template
+
+    from flask_utd.render import page_context
+
+    request = {
+        "method": "POST",
+        "path": "/orders",
+        "endpoint": "orders",
+        "request_id": "r-1",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "elapsed_s": 12.34,
+    }
+    stack = [_frame("wsgi_app", "x = 1", "/venv/site-packages/flask/app.py")]
+    report = {
+        "schema": "flask-utd/1",
+        "generated_at": "2026-01-01T00:00:12+00:00",
+        "host": "h",
+        "instance": "10",
+        "elapsed_s": 0.01,
+        "processes": [
+            {
+                "pid": 11,
+                "role": "worker",
+                "worker_id": 1,
+                "status": "ok",
+                "error": None,
+                "threads": [
+                    {
+                        "ident": 1,
+                        "native_id": 1,
+                        "name": "idle-thread",
+                        "daemon": True,
+                        "is_agent": False,
+                        "request": None,
+                        "wait": "sleeping",
+                        "frames": [_frame("idle", "time.sleep(1)")],
+                    },
+                    {
+                        "ident": 2,
+                        "native_id": 2,
+                        "name": "utd-agent",
+                        "daemon": True,
+                        "is_agent": True,
+                        "request": None,
+                        "wait": "running",
+                        "frames": [_frame("dump", "report()")],
+                    },
+                    {
+                        "ident": 3,
+                        "native_id": 3,
+                        "name": "uWSGIWorker1Core0",
+                        "daemon": False,
+                        "is_agent": False,
+                        "request": request,
+                        "wait": "waiting-lock",
+                        "wait_frame": 1,
+                        "frames": [*stack, _frame("orders", "lock.acquire()")],
+                    },
+                ],
+            },
+            {
+                "pid": 12,
+                "role": "worker",
+                "worker_id": 2,
+                "status": "timeout",
+                "error": "process 12 did not answer within 2 s (UTD_TIMEOUT).",
+                "threads": [],
+            },
+        ],
+        "summary": {
+            "processes": 2,
+            "answered": 1,
+            "threads_by_state": {"sleeping": 1, "running": 1, "waiting-lock": 1},
+            "stuck_requests": [
+                {
+                    "pid": 11,
+                    "role": "worker",
+                    "worker_id": 1,
+                    "thread": "uWSGIWorker1Core0",
+                    "ident": 3,
+                    "method": "POST",
+                    "path": "/orders",
+                    "endpoint": "orders",
+                    "request_id": "r-1",
+                    "elapsed_s": 12.34,
+                    "app_frame": _frame("orders", "lock.acquire()"),
+                }
+            ],
+            "stack_groups": [],
+        },
+    }
+    with app.test_request_context():
+        page = render_template("utd/dump.html", **page_context(report))
+    assert ">1 / 2<" in page  # answered / processes
+    states = page.split('id="summary"')[1].split("</div>\n  </div>")[0]
+    assert states.index("waiting-lock") < states.index("sleeping")
+    assert "<h2>Requests in progress</h2>" in page
+    table = page.split('class="stuck"')[1].split("</table>")[0]
+    assert "POST /orders" in table and "12.3 s" in table and "lock.acquire()" in table
+    worker = page.split('id="pid-11"')[1].split("</section>")[0]
+    # The request thread first, the agent dimmed and last.
+    assert worker.index("uWSGIWorker1Core0") < worker.index("idle-thread")
+    assert worker.index("idle-thread") < worker.index("utd-agent")
+    assert 'class="thread agent"' in worker
+    assert "POST /orders · 12.3 s" in worker
+    assert '<span class="chip">waiting-lock</span>' in worker
+    silent = page.split('id="pid-12"')[1].split("</section>")[0]
+    assert "timeout" in silent and "did not answer within 2 s" in silent
