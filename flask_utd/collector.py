@@ -20,7 +20,9 @@ from datetime import timezone
 from typing import Any
 
 from . import sockets
+from .config import DEFAULTS
 from .errors import InstanceNotFound
+from .summary import summarize
 
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
@@ -133,6 +135,7 @@ def collect(
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> dict[str, Any]:
     """Collect the report of every process of ``instance``.
 
@@ -144,7 +147,11 @@ def collect(
     :param pid: only this process.
     :param roster: the server's own list of workers (``pid``, ``worker_id``);
         a worker in it without a socket is reported, not forgotten.
-    :param options: dump options passed to every agent.
+    :param options: dump options passed to every agent: ``{"locals": True}``
+        (or a number of frames) asks for locals, which each agent gives only
+        when its app set ``UTD_LOCALS = True``.
+    :param slow_after: requests older than this many seconds are listed as stuck
+        in the report's ``summary`` (``UTD_SLOW_REQUEST``).
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -197,7 +204,7 @@ def collect(
     processes.sort(
         key=lambda p: (_ROLE_ORDER.get(p["role"], 3), p["worker_id"] or 0, p["pid"])
     )
-    return {
+    report = {
         "schema": SCHEMA,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "host": socket.gethostname(),
@@ -205,6 +212,8 @@ def collect(
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
     }
+    report["summary"] = summarize(report, slow_after)
+    return report
 
 
 def find_instance(

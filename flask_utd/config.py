@@ -22,7 +22,19 @@ DEFAULTS: dict[str, Any] = {
     "UTD_SECRET_KEY": None,
     "UTD_URL_MAX_AGE": 300,
     "UTD_ADMIN_LISTEN": None,
+    "UTD_CAPTURE_QUERY": False,
+    "UTD_SLOW_REQUEST": 5.0,
+    "UTD_LOCALS": False,
+    "UTD_LOCALS_FRAMES": 3,
+    "UTD_LOCALS_REPR": "builtin",
+    "UTD_LOCALS_BUDGET": 0.5,
 }
+
+#: The ways locals may be shown (``UTD_LOCALS_REPR``): ``"builtin"`` calls no
+#: object's own ``__repr__``; ``"all"`` does, in a helper thread, within the budget.
+LOCALS_REPRS = ("builtin", "all")
+#: Most frames per thread whose locals a dump may show.
+MAX_LOCALS_FRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,18 @@ class Settings:
     timeout: float
     #: The key that signs dump URLs: ``UTD_SECRET_KEY``, else ``SECRET_KEY``.
     secret_key: str | bytes = field(repr=False)
+    #: Whether the request context keeps the query string of the path.
+    capture_query: bool = False
+    #: Requests older than this many seconds are listed first, as stuck.
+    slow_request: float = 5.0
+    #: Whether a dump may show the locals of frames (asked per dump).
+    locals: bool = False
+    #: How many innermost frames per thread show their locals.
+    locals_frames: int = 3
+    #: ``"builtin"`` or ``"all"``: see :data:`LOCALS_REPRS`.
+    locals_repr: str = "builtin"
+    #: Seconds a dump may spend on locals, all threads together.
+    locals_budget: float = 0.5
     #: The longest a signed dump URL is valid, in seconds.
     url_max_age: float = 300.0
     #: Where the uWSGI master serves ``/_utd/``: ``(host, port)`` or a Unix
@@ -85,9 +109,54 @@ def load_settings(config: dict[str, Any]) -> Settings:
         raise ConfigError(
             f"UTD_TIMEOUT must be more than 0 and at most 60 seconds, not {timeout!r}."
         )
+    for key in ("UTD_CAPTURE_QUERY", "UTD_LOCALS"):
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"{key} must be True or False, not {config[key]!r}.")
+
+    slow = config["UTD_SLOW_REQUEST"]
+    if isinstance(slow, bool) or not isinstance(slow, (int, float)) or slow < 0:
+        raise ConfigError(
+            f"UTD_SLOW_REQUEST must be a number of seconds (0 or more), not {slow!r};"
+            " e.g. 5.0. Requests older than that are listed first in a dump."
+        )
+
+    frames = config["UTD_LOCALS_FRAMES"]
+    if (
+        isinstance(frames, bool)
+        or not isinstance(frames, int)
+        or not 1 <= frames <= MAX_LOCALS_FRAMES
+    ):
+        raise ConfigError(
+            f"UTD_LOCALS_FRAMES must be a whole number from 1 to {MAX_LOCALS_FRAMES},"
+            f" not {frames!r}; e.g. 3."
+        )
+
+    reprs = config["UTD_LOCALS_REPR"]
+    if reprs not in LOCALS_REPRS:
+        raise ConfigError(
+            f"UTD_LOCALS_REPR must be 'builtin' (show values of builtin types only)"
+            f" or 'all' (call every object's __repr__), not {reprs!r}."
+        )
+
+    budget = config["UTD_LOCALS_BUDGET"]
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not 0 < budget < timeout
+    ):
+        raise ConfigError(
+            f"UTD_LOCALS_BUDGET must be a number of seconds above 0 and below"
+            f" UTD_TIMEOUT ({timeout!r}), not {budget!r}; e.g. 0.5."
+        )
     return Settings(
         socket_dir=socket_dir,
         timeout=float(timeout),
+        capture_query=config["UTD_CAPTURE_QUERY"],
+        slow_request=float(slow),
+        locals=config["UTD_LOCALS"],
+        locals_frames=frames,
+        locals_repr=reprs,
+        locals_budget=float(budget),
         secret_key=_secret_key(config),
         url_max_age=_url_max_age(config["UTD_URL_MAX_AGE"]),
         admin_listen=parse_listen(config["UTD_ADMIN_LISTEN"]),

@@ -112,6 +112,8 @@ def dump() -> Response:
             place.instance,
             timeout=settings.timeout,
             roster=roster(),
+            slow_after=settings.slow_request,
+            # Never locals: a leaked URL must not show the values in frames.
         )
     finally:
         lock.release()

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import agent
 from .config import Settings
+from .frame_locals import LocalsRequest
 from .snapshot import ghost_message
 from .snapshot import ghost_threads
 
@@ -92,6 +93,15 @@ _MASTER_UNSAFE = (
 )
 
 
+def locals_policy(settings: Settings) -> LocalsRequest | None:
+    """What a dump that asks for locals gets under ``settings``, or ``None``."""
+    if not settings.locals:
+        return None
+    return LocalsRequest(
+        settings.locals_frames, settings.locals_repr, settings.locals_budget
+    )
+
+
 def start_for_place(
     settings: Settings, place: Place, unsafe: str | None = None
 ) -> None:
@@ -113,6 +123,7 @@ def start_for_place(
             role=place.role,
             worker_id=place.worker_id,
             unsafe=unsafe,
+            locals_policy=locals_policy(settings),
         )
     except Exception:
         # Never take the server down: a server without thread dumps still serves.

@@ -100,8 +100,8 @@ def test_a_classic_rpyc_client_gets_nothing(agent) -> None:  # type: ignore[no-u
     # pystuck's way in: the classic (slave) protocol. Refused at the first step.
     with pytest.raises(AttributeError, match="cannot access 'getmodule'"):
         rpyc.classic.unix_connect(agent.path)
-    # RPyC leaves that connection's socket to the garbage collector: collect it
-    # here, or its ResourceWarning fails whichever test runs when it is freed.
+    # RPyC leaves the refused classic connection's socket open: collect it now,
+    # not at a random later moment where its ResourceWarning fails some test.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
