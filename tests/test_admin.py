@@ -225,6 +225,15 @@ def test_admin_listener_on_a_unix_socket(servers: Servers, socket_dir: str) -> N
     path = os.path.join(socket_dir, "admin.sock")
     server = start(servers, admin=f"unix:{path}")
     assert admin_address(server) == f"unix:{path}"
+    wait_for(
+        lambda: (
+            sum(
+                p["role"] == "worker" and p["status"] == "ok"
+                for p in report_of(server, socket_dir)["processes"]
+            )
+            == 2
+        )
+    )
 
     class UnixConnection(http.client.HTTPConnection):
         def connect(self) -> None:
