@@ -249,15 +249,20 @@ def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
     return app_frames[-1] if app_frames else None
 
 
-def _requests_in_progress(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the summary's ``stuck_requests`` says, from the threads themselves,
-    for reports without a summary."""
+def _requests_in_progress(
+    processes: list[dict[str, Any]], stuck: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every request being served, from the threads themselves; those the
+    summary lists as stuck (``stuck_requests``) marked and first, then the
+    oldest."""
+    stuck_by_key = {(r.get("pid"), r.get("ident")): r for r in stuck}
     found = []
     for process in processes:
         for thread in process["threads"]:
             if not thread["serving"] or thread["noise"]:
                 continue
             request = thread.get("request") or {}
+            listed = stuck_by_key.get((process["pid"], thread["ident"]))
             found.append(
                 {
                     "pid": process["pid"],
@@ -267,9 +272,12 @@ def _requests_in_progress(processes: list[dict[str, Any]]) -> list[dict[str, Any
                     "method": request.get("method"),
                     "path": request.get("path"),
                     "elapsed_s": request.get("elapsed_s"),
-                    "app_frame": _app_frame(thread["frames"]),
+                    "stuck": listed is not None,
+                    "app_frame": (listed or {}).get("app_frame")
+                    or _app_frame(thread["frames"]),
                 }
             )
+    found.sort(key=lambda r: (not r["stuck"], -(r["elapsed_s"] or 0)))
     return found
 
 
@@ -337,10 +345,6 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
         "process_count": summary.get("processes", len(processes)),
         "thread_count": sum(len(p["threads"]) for p in processes),
         "threads_by_state": sorted(by_state.items(), key=_state_key),
-        "stuck_requests": (
-            summary["stuck_requests"]
-            if "stuck_requests" in summary
-            else _requests_in_progress(shown)
-        ),
+        "requests": _requests_in_progress(shown, summary.get("stuck_requests") or []),
         "processes": shown,
     }

@@ -406,6 +406,7 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
     assert "<h2>Requests in progress</h2>" in page
     table = page.split('class="stuck"')[1].split("</table>")[0]
     assert "POST /orders" in table and "12.3 s" in table and "lock.acquire()" in table
+    assert '<tr class="slow">' in table and ">stuck<" in table
     worker = page.split('id="pid-11"')[1].split("</section>")[0]
     # The request thread first, the agent dimmed and last.
     assert worker.index("uWSGIWorker1Core0") < worker.index("idle-thread")
