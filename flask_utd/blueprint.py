@@ -43,10 +43,10 @@ def _track_request() -> None:
     # First of utd_bp's hooks, so that the start time is as early as it can be.
     # The request is taken out of its proxy once: each attribute read through
     # the proxy costs a context-variable look-up.
-    request_started(
-        request._get_current_object(),  # type: ignore[attr-defined]
-        current_app.extensions["utd"].settings.capture_query,
-    )
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    capture_query = current_app.extensions["utd"].settings.capture_query
+    # Never keep the dump URL's query: its token would show in the dumps.
+    request_started(req, capture_query and req.blueprint != "utd")
 
 
 @utd_bp.teardown_app_request

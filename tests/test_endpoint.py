@@ -416,3 +416,22 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
     assert '<span class="chip">waiting-lock</span>' in worker
     silent = page.split('id="pid-12"')[1].split("</section>")[0]
     assert "timeout" in silent and "did not answer within 2 s" in silent
+
+
+def test_the_token_never_shows_in_a_dump_even_with_query_capture(
+    socket_dir: str,
+) -> None:
+    from flask_utd import utd_bp
+
+    app = Flask("capturing")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_CAPTURE_QUERY=True,
+    )
+    app.register_blueprint(utd_bp)
+    token = make_token(SECRET, 60)
+    body = app.test_client().get(dump_url(token, format="json")).get_data(as_text=True)
+    assert "/_utd/dump" in body  # this request's thread, with its path
+    assert token not in body
