@@ -91,8 +91,9 @@ def ask(
             pid,
             "refused",
             f"the agent of process {pid} closed the connection without answering:"
-            " it accepts only this user and root; run the command as the server's"
-            " user.",
+            " it accepts only this user and root (run the command as the server's"
+            " user), and turns new clients away while it is busy with others (try"
+            " again).",
         )
     except Exception as err:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")

@@ -22,6 +22,7 @@ from .render import page_context
 from .render import render_text
 from .servers import current_place
 from .servers import roster
+from .signing import MAX_TOKEN_CHARS
 from .signing import BadToken
 from .signing import check_token
 
@@ -34,8 +35,6 @@ FORMATS = {
 #: How long a request waits for another collection of this process to end
 #: before it gets 429.
 COLLECT_WAIT = 0.5
-#: Longest token accepted; a real one is about 80 characters.
-MAX_TOKEN = 512
 
 
 #: At most one collection at a time in this process: the processes being asked
@@ -88,7 +87,7 @@ def dump() -> Response:
     settings = current_app.extensions["utd"].settings
     token = request.args.get("token")
     try:
-        if token is not None and len(token) > MAX_TOKEN:
+        if token is not None and len(token) > MAX_TOKEN_CHARS:
             raise BadToken("malformed token")
         check_token(settings.secret_key, token, settings.url_max_age)
     except BadToken as err:

@@ -20,8 +20,8 @@ from flask_utd.signing import make_token
 from flask_utd.sockets import ensure_private_dir
 from flask_utd.sockets import instance_dir
 from tests.conftest import wait_for
-from tests.test_signing import MAX_AGE
-from tests.test_signing import bad_tokens
+from tests.test_token_matrix import MAX_AGE
+from tests.test_token_matrix import bad_tokens
 
 SECRET = "test-secret"  # the app fixture's SECRET_KEY
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
