@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 TEST_PYTHONS ?= 3.10 3.11 3.12 3.13
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pythons test demo lint docs bench clean
+.PHONY: venv pythons chromium test screenshot demo lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ venv: $(STAMP)
 
 pythons: .venvs/.installed
 
-test: $(STAMP) .venvs/.installed
+# Headless Chromium for the test of the dump page (tests/test_page.py), from Debian.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+
+test: $(STAMP) .venvs/.installed chromium
 	$(BIN)/python -m pytest
+
+# Renew docs/_static/dump-page.png from a live uWSGI in headless Chromium.
+screenshot: $(STAMP) chromium
+	UTD_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_page.py
 
 # Static checks: ruff (lint and format) and mypy strict, configured in pyproject.toml.
 LINT_PATHS := flask_utd tests demo_app $(wildcard bench docs/conf.py)

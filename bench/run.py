@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import statistics
@@ -35,8 +36,10 @@ from demo_app.server import UwsgiServer
 from demo_app.server import uwsgi_binary
 
 SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+#: The key that signs dump URLs (``UTD_SECRET_KEY``) in every app of the run.
+SECRET = os.environ.setdefault("BENCH_UTD_SECRET_KEY", f"bench-{secrets.token_hex()}")
 #: Workers per server for (a) and (b).
-WORKER_COUNTS = (1,) if SMOKE else (1, 4, 16)
+WORKER_COUNTS = (2,) if SMOKE else (1, 4, 16)
 #: Alternating runs of each command line in (a).
 RUNS = 1 if SMOKE else 7
 #: In-process repetitions for (b) and (c).
@@ -439,14 +442,16 @@ def bench_round_trips(
             verdict(w / s, 3.0) if workers == 16 else "",
         )
     )
-    endpoint = measure_endpoint(server, socket_dir)
+    # With one worker, that worker is the stuck one: nothing serves the endpoint
+    # (the optional admin listener in the master would).
+    endpoint = measure_endpoint(server, socket_dir) if workers > 1 else None
     table.add(
         Row(
             "b",
             f"{label}: GET /_utd/dump (endpoint)",
             ms(endpoint)
             if endpoint is not None
-            else "SLOT: endpoint not built yet (issue 3)",
+            else "n/a: no endpoint, or no free worker to serve it",
             f"one agent round trip {ms(s)}",
             endpoint / s if endpoint is not None else None,
             "<= 3x" if workers == 16 else "",
@@ -458,12 +463,39 @@ def bench_round_trips(
 
 
 def measure_endpoint(server: UwsgiServer, socket_dir: str) -> float | None:
-    """SLOT for issue 3: the median latency of ``GET /_utd/dump`` on ``server``.
-
-    Returns ``None`` until the endpoint exists; fill in: sign a dump URL for the
-    app (bench.app), request it REPS times over loopback, return the median.
-    """
-    return None
+    """The median latency of ``GET /_utd/dump`` (JSON) on ``server``, over
+    loopback, with a signed token; ``None`` where the endpoint does not exist."""
+    try:
+        from flask_utd.signing import make_token
+    except ImportError:
+        return None
+    assert server.port is not None
+    token = make_token(SECRET, 60)
+    request = (
+        f"GET /_utd/dump?token={token} HTTP/1.0\r\nHost: bench\r\n"
+        "Accept: application/json\r\n\r\n"
+    ).encode()
+    times: list[float] = []
+    for _ in range(REPS):
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request)
+            chunks = []
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        times.append(time.perf_counter() - started)
+        answer = b"".join(chunks)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if b" 404 " in head.split(b"\r\n", 1)[0]:
+            return None  # no endpoint in this version
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"the endpoint answered {head[:200]!r}")
+        if not json.loads(body)["processes"]:
+            raise RuntimeError("the endpoint's report has no process")
+    return statistics.median(times)
 
 
 # -- (c) the in-process snapshot against the bare frame walk ---------------------
@@ -696,6 +728,7 @@ def bench_wsgi(table: Table, tmp: str) -> None:
     def make(with_utd: bool) -> Flask:
         app = Flask("bench_wsgi")
         app.config["UTD_SOCKET_DIR"] = tempfile.mkdtemp(prefix="w", dir=tmp)
+        app.config["UTD_SECRET_KEY"] = SECRET
         if with_utd:
             app.register_blueprint(utd_bp)
         app.add_url_rule("/hello", "hello", lambda: "Hello, World!")

@@ -15,6 +15,9 @@ from flask_utd import utd_bp
 HELLO_SECONDS = float(os.environ.get("DEMO_HELLO_SECONDS", "30"))
 
 app = Flask(__name__)
+# A demo key, as in Flask's tutorial: it signs the dump URLs (`flask utd url`).
+# Set a real one in the environment: DEMO_SECRET_KEY=...
+app.config["SECRET_KEY"] = "dev"
 app.config.from_prefixed_env("DEMO")
 app.register_blueprint(utd_bp)
 

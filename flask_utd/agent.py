@@ -660,30 +660,34 @@ def start_agent(
             return existing
         sockets.ensure_private_dir(socket_dir)
         sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
-        try:
-            # Left by an earlier process with our PID: no one can listen on it.
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        # Bound under a name no collector lists, and renamed into place once it
+        # listens: a collector that met the socket bound but not yet listening
+        # would take it for a stale one and remove it.
+        binding = path + ".binding"
+        for leftover in (path, binding):
+            try:
+                # Left by an earlier process with our PID: no one can listen on it.
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
         service = UTDService()
         server = AgentServer(
             service,
-            socket_path=path,
+            socket_path=binding,
             authenticator=_authenticate,
             protocol_config=dict(SERVER_CONFIG),
             logger=_rpyc_log,
             listener_timeout=None,
         )
         # Connections are possible only after listen(): the mode is final by then.
-        os.chmod(path, 0o600)
+        os.chmod(binding, 0o600)
         thread = threading.Thread(
             target=server.start, name=AGENT_THREAD_NAME, daemon=True
         )
         agent = Agent(pid, path, role, worker_id, unsafe, server, thread, locals_policy)
         service._agent = agent
-        # Listen before the thread runs, so that the socket is never seen bound
-        # but refusing (which a collector would take for a stale socket).
         server._listen()
+        os.rename(binding, path)
         thread.start()
         _agents[path] = agent
         if _atexit_pid != pid:

@@ -11,6 +11,7 @@ from flask import current_app
 from flask import request
 from flask.blueprints import BlueprintSetupState
 
+from .endpoint import dump
 from .extension import UTD
 from .extension import UTDState
 from .servers import current_place
@@ -20,7 +21,14 @@ from .tracking import request_started
 
 #: Register it on an app and every process of its server gets a dump agent:
 #: ``app.register_blueprint(utd_bp)``. URL prefix ``/_utd``, CLI group ``utd``.
-utd_bp = Blueprint("utd", __name__, url_prefix="/_utd", cli_group="utd")
+utd_bp = Blueprint(
+    "utd",
+    __name__,
+    url_prefix="/_utd",
+    cli_group="utd",
+    template_folder="templates",
+)
+utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 
 
 @utd_bp.record_once
@@ -35,10 +43,10 @@ def _track_request() -> None:
     # First of utd_bp's hooks, so that the start time is as early as it can be.
     # The request is taken out of its proxy once: each attribute read through
     # the proxy costs a context-variable look-up.
-    request_started(
-        request._get_current_object(),  # type: ignore[attr-defined]
-        current_app.extensions["utd"].settings.capture_query,
-    )
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    capture_query = current_app.extensions["utd"].settings.capture_query
+    # Never keep the dump URL's query: its token would show in the dumps.
+    request_started(req, capture_query and req.blueprint != "utd")
 
 
 @utd_bp.teardown_app_request

@@ -26,9 +26,11 @@ from .config import DEFAULTS
 from .config import default_socket_dirs
 from .errors import InstanceNotFound
 from .render import render_text
+from .signing import make_token
 
 if TYPE_CHECKING:
     from flask import Blueprint
+    from flask import Flask
 
 #: Exit codes that scripts can rely on.
 EXIT_OK = 0
@@ -184,6 +186,55 @@ def register(bp: Blueprint) -> None:
             ),
             testing=current_app.testing,
         )
+
+    @bp.cli.command("url")
+    @click.option(
+        "--expires",
+        type=float,
+        help="Lifetime of the URL in seconds (default and maximum: UTD_URL_MAX_AGE).",
+    )
+    @click.option(
+        "--base",
+        metavar="URL",
+        help="The server's address, e.g. https://app.example.com, for an absolute URL.",
+    )
+    def url_command(expires: float | None, base: str | None) -> None:
+        """Print a signed URL of the thread dump page, valid for a few minutes."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+        def run() -> int:
+            click.echo(make_url(app, expires=expires, base=base))
+            return EXIT_OK
+
+        run_and_finish(run, testing=current_app.testing)
+
+
+def make_url(
+    app: Flask, *, expires: float | None = None, base: str | None = None
+) -> str:
+    """A signed URL of the app's ``GET /_utd/dump``, valid for ``expires`` seconds.
+
+    :param expires: the lifetime in seconds (default and maximum:
+        ``UTD_URL_MAX_AGE``).
+    :param base: the server's address (``https://host``); without it, the path
+        and query only.
+    :raises UsageError: ``expires`` is out of range.
+    """
+    settings = app.extensions["utd"].settings
+    if expires is None:
+        expires = settings.url_max_age
+    if not 0 < expires <= settings.url_max_age:
+        raise UsageError(
+            f"--expires must be more than 0 and at most UTD_URL_MAX_AGE"
+            f" ({settings.url_max_age:g} s), not {expires:g}: the endpoint accepts"
+            " no token older than that. Raise UTD_URL_MAX_AGE to allow longer."
+        )
+    token = make_token(settings.secret_key, expires)
+    # Built without a request: the route's path wherever the blueprint was put.
+    path = app.url_map.bind("localhost").build("utd.dump", {"token": token})
+    if base:
+        return base.rstrip("/") + path
+    return path
 
 
 @click.group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from .errors import ConfigError
@@ -17,6 +18,9 @@ from .errors import ConfigError
 DEFAULTS: dict[str, Any] = {
     "UTD_SOCKET_DIR": None,
     "UTD_TIMEOUT": 2.0,
+    "UTD_SECRET_KEY": None,
+    "UTD_URL_MAX_AGE": 300,
+    "UTD_ADMIN_LISTEN": None,
     "UTD_CAPTURE_QUERY": False,
     "UTD_SLOW_REQUEST": 5.0,
     "UTD_LOCALS": False,
@@ -40,6 +44,8 @@ class Settings:
     socket_dir: str
     #: The collector's deadline for each process, in seconds.
     timeout: float
+    #: The key that signs dump URLs: ``UTD_SECRET_KEY``, else ``SECRET_KEY``.
+    secret_key: str | bytes = field(repr=False)
     #: Whether the request context keeps the query string of the path.
     capture_query: bool = False
     #: Requests older than this many seconds are listed first, as stuck.
@@ -52,6 +58,11 @@ class Settings:
     locals_repr: str = "builtin"
     #: Seconds a dump may spend on locals, all threads together.
     locals_budget: float = 0.5
+    #: The longest a signed dump URL is valid, in seconds.
+    url_max_age: float = 300.0
+    #: Where the uWSGI master serves ``/_utd/``: ``(host, port)`` or a Unix
+    #: socket path; ``None`` for no admin listener.
+    admin_listen: tuple[str, int] | str | None = None
 
 
 def default_socket_dirs() -> list[str]:
@@ -147,4 +158,69 @@ def load_settings(config: dict[str, Any]) -> Settings:
         locals_frames=frames,
         locals_repr=reprs,
         locals_budget=float(budget),
+        secret_key=_secret_key(config),
+        url_max_age=_url_max_age(config["UTD_URL_MAX_AGE"]),
+        admin_listen=parse_listen(config["UTD_ADMIN_LISTEN"]),
     )
+
+
+def _secret_key(config: dict[str, Any]) -> str | bytes:
+    for key in ("UTD_SECRET_KEY", "SECRET_KEY"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (str, bytes)) or not value:
+            raise ConfigError(
+                f"{key} must be a non-empty str or bytes to sign dump URLs, not a"
+                f" {type(value).__name__}; e.g. the output of"
+                " `python -c 'import secrets; print(secrets.token_hex())'`."
+            )
+        return value
+    raise ConfigError(
+        "flask-utd needs a key to sign dump URLs (GET /_utd/dump) and neither"
+        " UTD_SECRET_KEY nor SECRET_KEY is set; set one of them, e.g. to the output"
+        " of `python -c 'import secrets; print(secrets.token_hex())'`."
+    )
+
+
+def _url_max_age(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            f"UTD_URL_MAX_AGE must be a number of seconds, not {value!r}; e.g. 300."
+        )
+    if not 0 < value <= 7 * 24 * 3600:
+        raise ConfigError(
+            f"UTD_URL_MAX_AGE must be more than 0 and at most 604800 seconds (a"
+            f" week), not {value!r}."
+        )
+    return float(value)
+
+
+def parse_listen(value: Any) -> tuple[str, int] | str | None:
+    """Parse ``UTD_ADMIN_LISTEN``: ``"host:port"``, ``"[::1]:port"`` or
+    ``"unix:/path"``; ``None`` for no admin listener.
+
+    :returns: ``(host, port)``, a Unix socket path, or ``None``.
+    :raises ConfigError: the value is none of these.
+    """
+    if value is None:
+        return None
+    hint = (
+        'UTD_ADMIN_LISTEN must be "host:port" (e.g. "127.0.0.1:9191") or'
+        f' "unix:/path/to/admin.sock", not {value!r}.'
+    )
+    if not isinstance(value, str):
+        raise ConfigError(hint)
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if path.startswith("//"):  # also accept "unix:///path"
+            path = path[2:]
+        if not path.startswith("/"):
+            raise ConfigError(f"{hint} The Unix socket path must be absolute.")
+        return path
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(hint)
+    return host, int(port)

@@ -8,6 +8,7 @@ from flask import Flask
 
 from .config import Settings
 from .config import load_settings
+from .servers import setup_admin
 from .servers import setup_process
 
 
@@ -60,3 +61,4 @@ class UTD:
 
             app.register_blueprint(utd_bp)
         app.extensions["utd"].server_managed = setup_process(settings)
+        setup_admin(app, settings)

@@ -184,3 +184,167 @@ def render_text(report: dict[str, Any]) -> str:
                 for name, value in (frame.get("locals") or {}).items():
                     lines.append(f"      {name} = {value}")
     return "\n".join(lines) + "\n"
+
+
+#: Order of the thread states on the page, most telling first.
+STATE_ORDER = [
+    "running",
+    "waiting-lock",
+    "waiting-condition",
+    "io-socket",
+    "io-select",
+    "sleeping",
+    "unknown",
+]
+_LIB_MARKERS = ("/site-packages/", "/dist-packages/")
+
+
+def short_file(path: str) -> str:
+    """A file path as people read it: from the package on for installed code."""
+    for marker in _LIB_MARKERS:
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    head, sep, tail = path.rpartition("/lib/python3.")
+    if sep and "/" in tail:
+        return tail.split("/", 1)[1]
+    return path
+
+
+def _is_ours(frame: dict[str, Any], module: str, function: str) -> bool:
+    file = str(frame["file"]).replace("\\", "/")
+    return frame["function"] == function and file.endswith(f"flask_utd/{module}.py")
+
+
+def collects_this_dump(thread: dict[str, Any]) -> bool:
+    """Whether the thread is busy making this very report: the request thread of
+    ``GET /_utd/dump`` or one of the collector's threads. Noise, like the agents."""
+    return any(
+        _is_ours(f, "endpoint", "dump")
+        or _is_ours(f, "collector", "ask")
+        or _is_ours(f, "collector", "collect")
+        for f in thread["frames"]
+    )
+
+
+def _serves_request(thread: dict[str, Any]) -> bool:
+    if thread.get("request"):
+        return True
+    # Reports without request data: a Flask dispatch in the stack says it.
+    return any(f["function"] == "full_dispatch_request" for f in thread["frames"])
+
+
+def _thread_state(thread: dict[str, Any]) -> str:
+    if thread.get("wait"):
+        return str(thread["wait"])
+    if thread.get("is_agent"):
+        return "flask-utd agent"
+    if collects_this_dump(thread):
+        return "collecting this dump"
+    return "serving a request" if _serves_request(thread) else "other"
+
+
+def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The innermost frame outside installed packages and the standard library."""
+    app_frames = [f for f in frames if f["short"] == f["file"]] or frames
+    return app_frames[-1] if app_frames else None
+
+
+def _requests_in_progress(
+    processes: list[dict[str, Any]], stuck: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every request being served, from the threads themselves; those the
+    summary lists as stuck (``stuck_requests``) marked and first, then the
+    oldest."""
+    stuck_by_key = {(r.get("pid"), r.get("ident")): r for r in stuck}
+    found = []
+    for process in processes:
+        for thread in process["threads"]:
+            if not thread["serving"] or thread["noise"]:
+                continue
+            request = thread.get("request") or {}
+            listed = stuck_by_key.get((process["pid"], thread["ident"]))
+            found.append(
+                {
+                    "pid": process["pid"],
+                    "role": process["role"],
+                    "worker_id": process.get("worker_id"),
+                    "thread": thread["name"],
+                    "method": request.get("method"),
+                    "path": request.get("path"),
+                    "elapsed_s": request.get("elapsed_s"),
+                    "stuck": listed is not None,
+                    "app_frame": (listed or {}).get("app_frame")
+                    or _app_frame(thread["frames"]),
+                }
+            )
+    found.sort(key=lambda r: (not r["stuck"], -(r["elapsed_s"] or 0)))
+    return found
+
+
+def _count_states(report: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for process in report["processes"]:
+        for thread in process["threads"]:
+            state = _thread_state(thread)
+            counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _state_key(item: tuple[str, int]) -> tuple[int, str]:
+    state = item[0]
+    return (
+        STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER),
+        state,
+    )
+
+
+def page_context(report: dict[str, Any]) -> dict[str, Any]:
+    """What the HTML page (``utd/dump.html``) shows, computed from the report.
+
+    Uses the report's ``summary`` and the threads' ``request`` / ``wait`` fields
+    where the collector provides them, and counts what is there otherwise.
+    """
+    processes = report["processes"]
+    summary = report.get("summary") or {}
+    answered = summary.get("answered", sum(1 for p in processes if p["status"] == "ok"))
+    by_state = summary.get("threads_by_state") or _count_states(report)
+    shown = []
+    for process in processes:
+        threads = []
+        for thread in process["threads"]:
+            frames = [
+                dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]
+            ]
+            noise = bool(thread.get("is_agent")) or collects_this_dump(thread)
+            threads.append(
+                {
+                    **thread,
+                    "frames": frames,
+                    "serving": _serves_request(thread) and not noise,
+                    "noise": noise,
+                    "state": _thread_state(thread),
+                    "request": thread.get("request"),
+                    "outer": frames[:-1],
+                    "inner": frames[-1] if frames else None,
+                }
+            )
+        # Request threads first, then the others; the agents and the threads
+        # making this dump last.
+        threads.sort(key=lambda t: (t["noise"], not t["serving"]))
+        shown.append(
+            {
+                **process,
+                "title": _process_title(process),
+                "threads": threads,
+                "serving": sum(1 for t in threads if t["serving"]),
+            }
+        )
+    return {
+        "report": report,
+        "answered": answered,
+        "process_count": summary.get("processes", len(processes)),
+        "thread_count": sum(len(p["threads"]) for p in processes),
+        "threads_by_state": sorted(by_state.items(), key=_state_key),
+        "requests": _requests_in_progress(shown, summary.get("stuck_requests") or []),
+        "processes": shown,
+    }

@@ -12,12 +12,16 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 
 from .config import Settings
 from .frame_locals import LocalsRequest
 from .snapshot import ghost_message
 from .snapshot import ghost_threads
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger("flask_utd")
 
@@ -137,7 +141,15 @@ def _postfork() -> None:
     """In a uWSGI worker, right after uWSGI forked it from the master."""
     from . import agent
 
+    # Without Python's fork hooks, os.register_at_fork handlers do not run.
+    from . import endpoint
+
     agent.after_fork_in_child()
+    endpoint.after_fork_in_child()
+    if "flask_utd.admin" in sys.modules:
+        from . import admin
+
+        admin.after_fork_in_child()
     ghosts = ghost_threads()
     unsafe = ghost_message(ghosts) if ghosts else None
     if unsafe:
@@ -177,3 +189,54 @@ def setup_process(settings: Settings) -> bool:
             _postfork_settings.append(settings)
     start_for_place(settings, place)
     return True
+
+
+_ADMIN_NEEDS_HOOKS = (
+    "UTD_ADMIN_LISTEN is set but the uWSGI master serves no admin listener: uWSGI"
+    " runs without `py-call-uwsgi-fork-hooks`, and a worker forked while a master"
+    " thread holds the GIL deadlocks (uWSGI issue 2387). Add"
+    " `py-call-uwsgi-fork-hooks = true` to the [uwsgi] section of uwsgi.ini."
+)
+
+
+def setup_admin(app: Flask, settings: Settings) -> None:
+    """Start the admin listener (``UTD_ADMIN_LISTEN``) if this is a uWSGI master
+    that may run threads; otherwise say why not, and go on serving."""
+    where = settings.admin_listen
+    uwsgi = _uwsgi()
+    if where is None or uwsgi is None:
+        # Outside uWSGI (flask run, gunicorn, the flask CLI) there is no master
+        # to serve it; docs/endpoint.rst says so.
+        return
+    place = current_place()
+    if place.role != "master":
+        log.warning(
+            "flask-utd: UTD_ADMIN_LISTEN is set but pid %d, which loaded the app,"
+            " is not a uWSGI master: the admin listener needs `master = true` and"
+            " the app loaded in the master (no `lazy-apps`).",
+            os.getpid(),
+        )
+        return
+    if not uwsgi_option(FORK_HOOKS_OPTION):
+        log.warning("flask-utd: %s", _ADMIN_NEEDS_HOOKS)
+        return
+    from . import admin
+
+    try:
+        listener = admin.start_admin(app, where)
+    except OSError as err:
+        # Never take the server down: the app still serves, and so does its
+        # own /_utd/dump.
+        log.error(
+            "flask-utd: the admin listener cannot listen on UTD_ADMIN_LISTEN=%r"
+            " (%s); choose a free address.",
+            app.config["UTD_ADMIN_LISTEN"],
+            err,
+        )
+        return
+    message = (
+        f"flask-utd: admin listener of the uWSGI master (pid {os.getpid()}) bound to"
+        f" {listener.address}"
+    )
+    uwsgi.log(message)
+    log.info(message)

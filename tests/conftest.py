@@ -45,7 +45,12 @@ def socket_dir() -> Iterator[str]:
 @pytest.fixture
 def app(socket_dir: str) -> Iterator[Flask]:
     app = Flask("testapp")
-    app.config.update(TESTING=True, UTD_SOCKET_DIR=socket_dir, UTD_TIMEOUT=2.0)
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY="test-secret",
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_TIMEOUT=2.0,
+    )
     app.register_blueprint(utd_bp)
     yield app
     stop_agents()

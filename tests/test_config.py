@@ -13,8 +13,12 @@ from flask_utd.config import default_socket_dirs
 
 def test_defaults_are_set_once_at_setup() -> None:
     app = Flask("x")
+    app.config["SECRET_KEY"] = "s"
     app.register_blueprint(utd_bp)
     assert app.config["UTD_TIMEOUT"] == 2.0
+    assert app.config["UTD_URL_MAX_AGE"] == 300
+    assert app.config["UTD_ADMIN_LISTEN"] is None
+    assert app.config["UTD_SECRET_KEY"] is None
     assert app.config["UTD_SOCKET_DIR"] is None
     settings = app.extensions["utd"].settings
     assert settings.socket_dir == default_socket_dirs()[0]
@@ -28,10 +32,23 @@ def test_defaults_are_set_once_at_setup() -> None:
         ("UTD_TIMEOUT", 0),
         ("UTD_TIMEOUT", True),
         ("UTD_SOCKET_DIR", 3),
+        ("UTD_SECRET_KEY", ""),
+        ("UTD_SECRET_KEY", 12345),
+        ("SECRET_KEY", ""),
+        ("UTD_URL_MAX_AGE", "300"),
+        ("UTD_URL_MAX_AGE", 0),
+        ("UTD_URL_MAX_AGE", -5),
+        ("UTD_ADMIN_LISTEN", "9191"),
+        ("UTD_ADMIN_LISTEN", "127.0.0.1"),
+        ("UTD_ADMIN_LISTEN", "127.0.0.1:99999"),
+        ("UTD_ADMIN_LISTEN", "unix:relative.sock"),
+        ("UTD_ADMIN_LISTEN", 9191),
     ],
 )
 def test_bad_values_fail_at_startup_naming_the_key(key: str, value: object) -> None:
     app = Flask("x")
+    if key != "SECRET_KEY":
+        app.config["SECRET_KEY"] = "s"
     app.config[key] = value
     with pytest.raises(ConfigError, match=key):
         app.register_blueprint(utd_bp)
@@ -39,10 +56,10 @@ def test_bad_values_fail_at_startup_naming_the_key(key: str, value: object) -> N
 
 def test_blueprint_and_extension_end_in_one_state(socket_dir: str) -> None:
     by_bp = Flask("a")
-    by_bp.config["UTD_SOCKET_DIR"] = socket_dir
+    by_bp.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
     by_bp.register_blueprint(utd_bp)
     by_ext = Flask("b")
-    by_ext.config["UTD_SOCKET_DIR"] = socket_dir
+    by_ext.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
     UTD(by_ext)
     assert by_bp.extensions["utd"] == by_ext.extensions["utd"]
     assert by_ext.blueprints["utd"] is utd_bp
@@ -52,7 +69,7 @@ def test_blueprint_and_extension_end_in_one_state(socket_dir: str) -> None:
 
 def test_setting_up_twice_is_harmless_or_a_clear_error(socket_dir: str) -> None:
     app = Flask("a")
-    app.config["UTD_SOCKET_DIR"] = socket_dir
+    app.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
     ext = UTD(app)
     ext.init_app(app)  # harmless
     state = app.extensions["utd"]
@@ -66,7 +83,47 @@ def test_app_factory_with_one_extension_object(socket_dir: str) -> None:
     apps = []
     for name in ("one", "two"):
         app = Flask(name)
-        app.config["UTD_SOCKET_DIR"] = socket_dir
+        app.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
         utd.init_app(app)
         apps.append(app)
     assert apps[0].extensions["utd"] is not apps[1].extensions["utd"]
+
+
+def test_a_missing_secret_fails_at_startup_naming_both_keys() -> None:
+    app = Flask("x")
+    with pytest.raises(ConfigError, match="neither UTD_SECRET_KEY nor SECRET_KEY"):
+        app.register_blueprint(utd_bp)
+    assert "utd" not in app.extensions
+    with pytest.raises(ConfigError, match="UTD_SECRET_KEY nor SECRET_KEY"):
+        UTD(Flask("y"))
+
+
+def test_utd_secret_key_wins_over_secret_key() -> None:
+    app = Flask("x")
+    app.config.update(SECRET_KEY="app", UTD_SECRET_KEY="utd")
+    app.register_blueprint(utd_bp)
+    settings = app.extensions["utd"].settings
+    assert settings.secret_key == "utd"
+    assert "'utd'" not in repr(settings) and "secret_key" not in repr(settings)
+    only_app = Flask("y")
+    only_app.config.update(SECRET_KEY=b"app")
+    only_app.register_blueprint(utd_bp)
+    assert only_app.extensions["utd"].settings.secret_key == b"app"
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (None, None),
+        ("127.0.0.1:9191", ("127.0.0.1", 9191)),
+        ("[::1]:9191", ("::1", 9191)),
+        ("localhost:0", ("localhost", 0)),
+        ("unix:/run/app/admin.sock", "/run/app/admin.sock"),
+        ("unix:///run/app/admin.sock", "/run/app/admin.sock"),
+    ],
+)
+def test_admin_listen_forms(value: object, parsed: object) -> None:
+    app = Flask("x")
+    app.config.update(SECRET_KEY="s", UTD_ADMIN_LISTEN=value)
+    app.register_blueprint(utd_bp)
+    assert app.extensions["utd"].settings.admin_listen == parsed

@@ -173,7 +173,11 @@ def test_agent_refuses_locals_unless_the_app_allows_them(socket_dir: str) -> Non
 def test_cli_locals_through_the_agent(socket_dir: str, stuck_view) -> None:  # type: ignore[no-untyped-def]
     app = Flask("withlocals")
     app.config.update(
-        TESTING=True, UTD_SOCKET_DIR=socket_dir, UTD_LOCALS=True, UTD_LOCALS_FRAMES=3
+        TESTING=True,
+        SECRET_KEY="test-secret",
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_LOCALS=True,
+        UTD_LOCALS_FRAMES=3,
     )
     app.register_blueprint(utd_bp)
     try:
@@ -204,6 +208,7 @@ def test_cli_locals_through_the_agent(socket_dir: str, stuck_view) -> None:  # t
 )
 def test_bad_values_name_the_key(key: str, value: object) -> None:
     app = Flask("x")
+    app.config["SECRET_KEY"] = "s"
     app.config[key] = value
     with pytest.raises(ConfigError, match=key):
         app.register_blueprint(utd_bp)
@@ -211,6 +216,7 @@ def test_bad_values_name_the_key(key: str, value: object) -> None:
 
 def test_defaults() -> None:
     app = Flask("x")
+    app.config["SECRET_KEY"] = "s"
     app.register_blueprint(utd_bp)
     assert app.config["UTD_LOCALS"] is False
     assert app.config["UTD_CAPTURE_QUERY"] is False

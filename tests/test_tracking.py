@@ -29,7 +29,10 @@ def parked_app(
 ) -> Iterator[tuple[Flask, threading.Event]]:
     app = Flask("tracked")
     app.config.update(
-        TESTING=True, UTD_SOCKET_DIR=socket_dir, UTD_CAPTURE_QUERY=request.param
+        TESTING=True,
+        SECRET_KEY="test-secret",
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_CAPTURE_QUERY=request.param,
     )
     app.register_blueprint(utd_bp)
     release = threading.Event()

@@ -12,6 +12,7 @@ from flask import Flask
 from flask_utd import utd_bp
 
 app = Flask(__name__)
+app.config["SECRET_KEY"] = "test"
 app.config.from_prefixed_env("DEMO")
 beats = 0
 

@@ -1,0 +1,139 @@
+"""``GET /_utd/dump``: the signed endpoint that returns the report of the server.
+
+The request thread that serves it only collects: each process's dump is taken by
+that process's own agent thread. A process runs at most one collection at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from typing import Any
+
+from flask import Response
+from flask import current_app
+from flask import render_template
+from flask import request
+
+from . import collector
+from .render import page_context
+from .render import render_text
+from .servers import current_place
+from .servers import roster
+from .signing import MAX_TOKEN_CHARS
+from .signing import BadToken
+from .signing import check_token
+
+#: The representations of the report, by ``?format=``.
+FORMATS = {
+    "json": "application/json",
+    "text": "text/plain",
+    "html": "text/html",
+}
+#: How long a request waits for another collection of this process to end
+#: before it gets 429.
+COLLECT_WAIT = 0.5
+
+
+#: At most one collection at a time in this process: the processes being asked
+#: are the same for every app, so the limit is per process, not per app.
+_collecting = threading.Lock()
+
+
+def after_fork_in_child() -> None:
+    """Make the collection lock anew in a forked child: a thread of the parent
+    (the admin listener) may have held it at the fork, and does not exist here."""
+    global _collecting
+    _collecting = threading.Lock()
+
+
+os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    response = Response(
+        json.dumps({"error": message}) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers.update(headers)
+    return response
+
+
+def _choose_format() -> str | None:
+    """The representation asked for: ``?format=``, else the Accept header.
+
+    A browser, which prefers ``text/html``, gets the page; ``*/*`` (curl, most
+    HTTP libraries) gets JSON.
+    """
+    asked = request.args.get("format")
+    if asked is not None:
+        return asked if asked in FORMATS else None
+    best = request.accept_mimetypes.best_match(
+        ["application/json", "text/html", "text/plain"], default="application/json"
+    )
+    return {v: k for k, v in FORMATS.items()}[best]
+
+
+def dump() -> Response:
+    """The thread dump of every process of this server instance.
+
+    Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
+    403 with a JSON error when it is missing, malformed, tampered with or
+    expired, and then nothing is collected.
+    """
+    settings = current_app.extensions["utd"].settings
+    token = request.args.get("token")
+    try:
+        if token is not None and len(token) > MAX_TOKEN_CHARS:
+            raise BadToken("malformed token")
+        check_token(settings.secret_key, token, settings.url_max_age)
+    except BadToken as err:
+        return _error(403, str(err))
+    fmt = _choose_format()
+    if fmt is None:
+        return _error(400, f"format must be one of {', '.join(FORMATS)}")
+    lock = _collecting
+    if not lock.acquire(timeout=COLLECT_WAIT):
+        retry = math.ceil(settings.timeout + collector.MARGIN)
+        return _error(
+            429,
+            "another thread dump is being collected by this process; try again"
+            f" in {retry} s",
+            **{"Retry-After": str(retry)},
+        )
+    try:
+        place = current_place()
+        report = collector.collect(
+            settings.socket_dir,
+            place.instance,
+            timeout=settings.timeout,
+            roster=roster(),
+            slow_after=settings.slow_request,
+            # Never locals: a leaked URL must not show the values in frames.
+        )
+    finally:
+        lock.release()
+    return _represent(report, fmt)
+
+
+def _represent(report: dict[str, Any], fmt: str) -> Response:
+    if fmt == "json":
+        body = json.dumps(report, indent=2) + "\n"
+    elif fmt == "text":
+        body = render_text(report)
+    else:
+        body = render_template("utd/dump.html", **page_context(report))
+    response = Response(body, mimetype=FORMATS[fmt])
+    response.vary.add("Accept")
+    # The URL carries the token: keep it out of caches and Referer headers.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if fmt == "html":
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
+            " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+    return response

@@ -1,0 +1,320 @@
+"""The endpoint under a real uWSGI: the app's own port, and the admin listener of
+the master, which answers while every worker is stuck."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from demo_app.server import UwsgiServer
+from flask_utd.signing import make_token
+from tests.conftest import SUPPORTED
+from tests.conftest import Servers
+from tests.conftest import need_uwsgi
+from tests.conftest import report_of
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.uwsgi
+
+SECRET = "uwsgi-test-secret"
+OPTIONS = [
+    "--module",
+    "demo_app.app:app",
+    "--master",
+    "--workers",
+    "2",
+    "--die-on-term",
+]
+HOOKS = ["--py-call-uwsgi-fork-hooks"]
+_ADMIN = re.compile(r"admin listener of the uWSGI master \(pid \d+\) bound to (\S+)")
+
+
+def start(
+    servers: Servers,
+    *,
+    hooks: bool = True,
+    admin: str | None = None,
+    version: str | None = None,
+) -> UwsgiServer:
+    env = {"DEMO_SECRET_KEY": SECRET}
+    if admin is not None:
+        env["DEMO_UTD_ADMIN_LISTEN"] = admin
+    return servers.start(
+        need_uwsgi(version), OPTIONS + (HOOKS if hooks else []), env=env
+    )
+
+
+def admin_address(server: UwsgiServer) -> str:
+    """Where the master's admin listener listens, from the uWSGI log."""
+    match = wait_for(lambda: _ADMIN.search(server.log()), timeout=20)
+    return match.group(1)
+
+
+def signed_path(**args: str) -> str:
+    query = "&".join(
+        f"{k}={v}" for k, v in {"token": make_token(SECRET, 60), **args}.items()
+    )
+    return f"/_utd/dump?{query}"
+
+
+def get(
+    url: str, timeout: float = 10, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def stick(server: UwsgiServer, n: int) -> None:
+    """Send ``n`` requests to ``/hello``, which sleeps for a minute."""
+
+    def hello() -> None:
+        try:
+            urllib.request.urlopen(server.url("/hello"), timeout=120).read()
+        except OSError:
+            pass  # the server is stopped under the request at the test's end
+
+    for _ in range(n):
+        threading.Thread(target=hello, daemon=True).start()
+
+
+def stuck_workers(report: dict[str, Any]) -> list[int]:
+    """Pids of the workers whose request thread is in ``hello``."""
+    return [
+        p["pid"]
+        for p in report["processes"]
+        if p["role"] == "worker"
+        and any(
+            t["frames"] and t["frames"][-1]["function"] == "hello" for t in p["threads"]
+        )
+    ]
+
+
+def wait_stuck(server: UwsgiServer, socket_dir: str, n: int) -> list[int]:
+    last: dict[str, Any] = {}
+
+    def stuck() -> list[int]:
+        last["report"] = report = report_of(server, socket_dir)
+        found = stuck_workers(report)
+        return found if len(found) == n else []
+
+    try:
+        return wait_for(stuck, timeout=30)
+    except AssertionError:
+        print(json.dumps(last.get("report"), indent=1))
+        print(server.log())
+        raise
+
+
+def listening_inode(port: int) -> str:
+    """The inode of the TCP socket listening on 127.0.0.1:``port``."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if local == f"0100007F:{port:04X}" and state == "0A":
+                return inode
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[len("socket:[") : -1])
+    return found
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_admin_listener_answers_while_every_worker_is_stuck(
+    servers: Servers, socket_dir: str, version: str
+) -> None:
+    server = start(servers, admin="127.0.0.1:0", version=version)
+    address = admin_address(server)
+    assert address.startswith("127.0.0.1:")
+    stick(server, 2)
+    stuck = wait_stuck(server, socket_dir, 2)
+
+    # The app's own port cannot answer: both workers are in /hello.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.url(signed_path()), timeout=1).read()
+
+    started = time.monotonic()
+    status, headers, body = get(f"http://{address}{signed_path()}", timeout=5)
+    elapsed = time.monotonic() - started
+    assert status == 200, body
+    assert elapsed < 1.0, f"the admin listener took {elapsed:.2f} s"
+    report = json.loads(body)
+    assert report["schema"] == "flask-utd/1"
+    assert report["instance"] == str(server.pid)
+    assert sorted(stuck_workers(report)) == sorted(stuck)
+    assert all(p["status"] == "ok" for p in report["processes"])
+    (master,) = [p for p in report["processes"] if p["role"] == "master"]
+    assert master["pid"] == server.pid
+    (admin,) = [t for t in master["threads"] if t["name"] == "utd-admin"]
+    assert admin["daemon"]
+    # The admin thread only collects; the master's dump is its agent's.
+    assert any(f["function"] == "collect" for f in admin["frames"])
+    assert not any(f["function"] == "process_report" for f in admin["frames"])
+
+    # The same signature rules, and nothing but /_utd/.
+    status, _, body = get(f"http://{address}/_utd/dump?token=forged")
+    assert status == 403 and json.loads(body) == {"error": "invalid token"}
+    for path in ("/hello", "/", "/_utd/", "/_utd/nothing"):
+        assert get(f"http://{address}{path}")[0] == 404, path
+    status, headers, body = get(f"http://{address}{signed_path(format='text')}")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert b"in hello" in body
+    # The token stays out of the log.
+    assert "token=" not in server.log()
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_no_worker_inherits_the_admin_listener(
+    servers: Servers, socket_dir: str, version: str
+) -> None:
+    server = start(servers, admin="127.0.0.1:0", version=version)
+    port = int(admin_address(server).rsplit(":", 1)[1])
+    inode = listening_inode(port)
+    assert inode in socket_inodes(server.pid)
+
+    def workers() -> list[int]:
+        report = report_of(server, socket_dir)
+        return [
+            p["pid"]
+            for p in report["processes"]
+            if p["role"] == "worker" and p["status"] == "ok"
+        ]
+
+    first = wait_for(lambda: len(found := workers()) == 2 and found)
+    # Keep the admin thread busy, then make the master fork a new worker.
+    status, _, _ = get(f"http://127.0.0.1:{port}{signed_path()}")
+    assert status == 200
+    os.kill(first[0], signal.SIGKILL)
+    respawned = wait_for(
+        lambda: len(found := workers()) == 2 and first[0] not in found and found
+    )
+    for pid in set(first[1:]) | set(respawned):
+        assert inode not in socket_inodes(pid), f"worker {pid} holds the admin socket"
+    report = report_of(server, socket_dir)
+    for process in report["processes"]:
+        names = {t["name"] for t in process["threads"]}
+        assert ("utd-admin" in names) == (process["role"] == "master"), process["pid"]
+    assert get(f"http://127.0.0.1:{port}{signed_path()}")[0] == 200
+
+
+def test_admin_listener_on_a_unix_socket(servers: Servers, socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "admin.sock")
+    server = start(servers, admin=f"unix:{path}")
+    assert admin_address(server) == f"unix:{path}"
+    wait_for(
+        lambda: (
+            sum(
+                p["role"] == "worker" and p["status"] == "ok"
+                for p in report_of(server, socket_dir)["processes"]
+            )
+            == 2
+        )
+    )
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(10)
+            self.sock.connect(path)
+
+    conn = UnixConnection("localhost")
+    try:
+        conn.request("GET", signed_path(), headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        report = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200
+    assert {p["role"] for p in report["processes"]} == {"master", "worker"}
+
+
+def test_without_fork_hooks_there_is_no_listener_and_the_log_says_why(
+    servers: Servers, socket_dir: str
+) -> None:
+    path = os.path.join(socket_dir, "admin.sock")
+    server = start(servers, hooks=False, admin=f"unix:{path}")
+    wait_for(lambda: "UTD_ADMIN_LISTEN is set but" in server.log())
+    assert "py-call-uwsgi-fork-hooks" in server.log()
+    assert not os.path.exists(path)
+    assert "admin listener of the uWSGI master" not in server.log()
+
+
+def test_the_apps_own_port_answers_when_a_worker_is_free(
+    servers: Servers, socket_dir: str
+) -> None:
+    server = start(servers)
+    stick(server, 1)
+    (stuck,) = wait_stuck(server, socket_dir, 1)
+    status, headers, body = get(server.url(signed_path()), Accept="application/json")
+    assert status == 200, body
+    report = json.loads(body)
+    assert stuck_workers(report) == [stuck]
+    # The free worker served it: its request thread is the one collecting.
+    (free,) = [
+        p for p in report["processes"] if p["role"] == "worker" and p["pid"] != stuck
+    ]
+    assert any(
+        any(f["function"] == "collect" for f in t["frames"]) for t in free["threads"]
+    )
+    status, _, body = get(server.url("/_utd/dump"))
+    assert status == 403 and json.loads(body) == {"error": "missing token"}
+
+
+def test_admin_server_in_this_process_serves_only_utd(app) -> None:  # type: ignore[no-untyped-def]
+    """The listener itself, without uWSGI: routes, and what a forked child keeps."""
+    import warnings
+
+    from flask_utd.admin import start_admin
+    from flask_utd.admin import stop_admin
+
+    token = make_token(app.extensions["utd"].settings.secret_key, 60)
+
+    @app.get("/private")
+    def private() -> str:
+        return "the app's own route\n"
+
+    listener = start_admin(app, ("127.0.0.1", 0))
+    try:
+        assert listener.thread.name == "utd-admin" and listener.thread.daemon
+        base = f"http://{listener.address}"
+        status, _, body = get(f"{base}/_utd/dump?token={token}&format=json")
+        assert status == 200 and json.loads(body)["schema"] == "flask-utd/1"
+        assert get(f"{base}/private")[0] == 404
+        assert get(f"{base}/_utd/dump")[0] == 403
+
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a process with threads.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os._exit(0 if listener.server.socket.fileno() == -1 else 1)
+        _, status_code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status_code) == 0, "the child kept the socket"
+        assert listener.server.socket.fileno() != -1
+    finally:
+        stop_admin()
+    assert not listener.thread.is_alive()
