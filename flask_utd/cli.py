@@ -1,13 +1,13 @@
-"""The command line: ``flask utd dump`` and the lean ``python -m flask_utd dump``.
+"""The ``flask utd ...`` commands (click), thin wrappers around library functions.
 
-The lean command imports neither Flask nor the app; ``flask utd dump`` reads the
-app's settings and does the same. Neither starts an agent nor talks HTTP: they
+The lean ``python -m flask_utd dump`` (:mod:`flask_utd.lean`) imports neither
+Flask, click nor the app; ``flask utd dump`` reads the app's settings and does the
+same through the same functions. Neither starts an agent nor talks HTTP: they
 connect to the agents' sockets directly, so they work when every worker is stuck.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -19,13 +19,9 @@ from typing import NoReturn
 
 import click
 
-from .collector import all_answered
-from .collector import collect
-from .collector import find_instance
-from .config import DEFAULTS
+from . import lean
 from .config import default_socket_dirs
 from .errors import InstanceNotFound
-from .render import render_text
 from .signing import make_token
 
 if TYPE_CHECKING:
@@ -33,9 +29,9 @@ if TYPE_CHECKING:
     from flask import Flask
 
 #: Exit codes that scripts can rely on.
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
+EXIT_OK = lean.EXIT_OK
+EXIT_USAGE = lean.EXIT_USAGE
+EXIT_PARTIAL = lean.EXIT_PARTIAL
 
 
 class UsageError(click.ClickException):
@@ -63,25 +59,18 @@ def run_dump(
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
     try:
-        socket_dir, found = find_instance(socket_dirs, instance)
+        report = lean.collect_one(
+            socket_dirs,
+            instance=instance,
+            pid=pid,
+            timeout=timeout,
+            show_locals=show_locals,
+            slow_after=slow_after,
+        )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    options = {"locals": True} if show_locals else None
-    report = collect(
-        socket_dir,
-        found,
-        timeout=timeout,
-        pid=pid,
-        options=options,
-        slow_after=slow_after,
-    )
-    if pid is not None and not report["processes"]:
-        raise UsageError(f"no process {pid} in server instance {found}.")
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(render_text(report), nl=False)
-    return EXIT_OK if all_answered(report) else EXIT_PARTIAL
+    click.echo(lean.report_text(report, as_json), nl=False)
+    return lean.exit_code(report)
 
 
 def run_and_finish(run: Callable[[], int], *, testing: bool = False) -> NoReturn:
@@ -235,38 +224,3 @@ def make_url(
     if base:
         return base.rstrip("/") + path
     return path
-
-
-@click.group()
-def main() -> None:
-    """flask-utd without Flask: talk to the agents' sockets directly."""
-
-
-@main.command("dump")
-@click.option(
-    "--socket-dir",
-    type=click.Path(file_okay=False),
-    help="The server's UTD_SOCKET_DIR (default: the per-user directories).",
-)
-@_with_dump_options
-def lean_dump(
-    socket_dir: str | None,
-    as_json: bool,
-    pid: int | None,
-    instance: str | None,
-    timeout: float | None,
-    show_locals: bool,
-    slow_after: float | None,
-) -> None:
-    """Print a thread dump of every process of the running server."""
-    dirs = [os.path.abspath(socket_dir)] if socket_dir else default_socket_dirs()
-    code = run_dump(
-        dirs,
-        instance=instance,
-        pid=pid,
-        as_json=as_json,
-        timeout=timeout or 2.0,
-        show_locals=show_locals,
-        slow_after=DEFAULTS["UTD_SLOW_REQUEST"] if slow_after is None else slow_after,
-    )
-    raise SystemExit(code)

@@ -125,6 +125,45 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def collect_one(
+    socket_dirs: Sequence[str],
+    *,
+    instance: str | None = None,
+    pid: int | None = None,
+    timeout: float = 2.0,
+    show_locals: bool = False,
+    slow_after: float = SLOW_AFTER,
+) -> dict[str, Any]:
+    """The report of the one running instance (or of process ``pid`` in it).
+
+    Shared by this command and ``flask utd dump``.
+
+    :raises InstanceNotFound: no instance, several, or no process ``pid``.
+    """
+    socket_dir, found = find_instance(socket_dirs, instance)
+    report = collect(
+        socket_dir,
+        found,
+        timeout=timeout,
+        pid=pid,
+        options={"locals": True} if show_locals else None,
+        slow_after=slow_after,
+    )
+    if pid is not None and not report["processes"]:
+        raise InstanceNotFound(f"no process {pid} in server instance {found}.")
+    return report
+
+
+def report_text(report: dict[str, Any], as_json: bool) -> str:
+    """The report as the commands print it: JSON, or the readable dump."""
+    return json.dumps(report, indent=2) + "\n" if as_json else render_text(report)
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """0 when every process answered, 3 when some did not."""
+    return EXIT_OK if all_answered(report) else EXIT_PARTIAL
+
+
 def dump(
     socket_dirs: Sequence[str],
     *,
@@ -141,27 +180,20 @@ def dump(
         stderr), 3 when some process did not answer.
     """
     try:
-        socket_dir, found = find_instance(socket_dirs, instance)
+        report = collect_one(
+            socket_dirs,
+            instance=instance,
+            pid=pid,
+            timeout=timeout,
+            show_locals=show_locals,
+            slow_after=slow_after,
+        )
     except InstanceNotFound as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    report = collect(
-        socket_dir,
-        found,
-        timeout=timeout,
-        pid=pid,
-        options={"locals": True} if show_locals else None,
-        slow_after=slow_after,
-    )
-    if pid is not None and not report["processes"]:
-        print(f"Error: no process {pid} in server instance {found}.", file=sys.stderr)
-        return EXIT_USAGE
-    if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
-        sys.stdout.write(render_text(report))
+    sys.stdout.write(report_text(report, as_json))
     sys.stdout.flush()
-    return EXIT_OK if all_answered(report) else EXIT_PARTIAL
+    return exit_code(report)
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> None:
