@@ -19,12 +19,18 @@ from datetime import datetime
 from datetime import timezone
 from typing import Any
 
+from . import faultdump
 from . import sockets
 from .errors import InstanceNotFound
 
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
 MARGIN = 0.25
+#: Part of the deadline kept for the faulthandler fallback: a process that has
+#: not answered by ``timeout - FALLBACK_SHARE * timeout`` (at most
+#: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
+FALLBACK_SHARE = 0.25
+FALLBACK_MAX = 0.5
 _ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
 
 
@@ -59,6 +65,10 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
         conn = rpc.connect(path, deadline)
     except ConnectionRefusedError:
         if sockets.remove_if_stale(path):
+            try:
+                os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
+            except OSError:
+                pass
             return _entry(
                 pid,
                 "stale",
@@ -102,6 +112,41 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
     return report
 
 
+def ask_or_fallback(
+    entry: sockets.Entry,
+    deadline: float,
+    final: float,
+    timeout: float,
+    options: str,
+    fallback: bool,
+) -> dict[str, Any]:
+    """:func:`ask`; if the process misses ``deadline``, get its stacks from
+    faulthandler by ``final`` (see :mod:`flask_utd.faultdump`)."""
+    report = ask(entry.path, entry.pid, deadline, timeout, options)
+    if report["status"] != "timeout" or not fallback:
+        return report
+    directory = os.path.dirname(entry.path)
+    threads, note = faultdump.fallback_stacks(directory, entry.pid, final)
+    report["error"] = f"{report['error']} Fallback: {note}"
+    if threads is not None:
+        report["threads"] = threads
+        report["stacks_source"] = "faulthandler"
+        header = _fh_header(directory, entry.pid)
+        if header is not None:
+            report["role"] = header.get("role", report["role"])
+            report["worker_id"] = header.get("worker_id", report["worker_id"])
+    return report
+
+
+def _fh_header(directory: str, pid: int) -> dict[str, Any] | None:
+    try:
+        with open(faultdump.fh_path(directory, pid), "rb") as f:
+            header = json.loads(f.readline(4096))
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
     if not sockets.pid_alive(entry.pid):
         try:
@@ -127,10 +172,14 @@ def collect(
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
+    fallback: bool = True,
 ) -> dict[str, Any]:
     """Collect the report of every process of ``instance``.
 
-    Returns within ``timeout`` plus a small margin, whatever the processes do.
+    Returns within ``timeout`` plus a small margin, whatever the processes do. A
+    process that misses its deadline is reported as ``timeout``; if it registered
+    faulthandler, its stacks are taken from there in the last part of
+    ``timeout`` (``"stacks_source": "faulthandler"``).
 
     :param socket_dir: the ``UTD_SOCKET_DIR``.
     :param instance: the server instance (a directory in ``socket_dir``).
@@ -139,9 +188,12 @@ def collect(
     :param roster: the server's own list of workers (``pid``, ``worker_id``);
         a worker in it without a socket is reported, not forgotten.
     :param options: dump options passed to every agent.
+    :param fallback: signal a process that misses its deadline for faulthandler's
+        stacks, if it registered.
     """
     started = time.monotonic()
-    deadline = started + timeout
+    final = started + timeout
+    deadline = final - (min(FALLBACK_MAX, FALLBACK_SHARE * timeout) if fallback else 0)
     directory = sockets.instance_dir(socket_dir, instance)
     entries = sockets.list_entries(directory)
     if pid is not None:
@@ -157,7 +209,9 @@ def collect(
     if asked:
         pool = ThreadPoolExecutor(max_workers=min(32, len(asked)))
         futures = {
-            e.pid: pool.submit(ask, e.path, e.pid, deadline, timeout, text_options)
+            e.pid: pool.submit(
+                ask_or_fallback, e, deadline, final, timeout, text_options, fallback
+            )
             for e in asked
         }
         wait(futures.values(), timeout=timeout + MARGIN)

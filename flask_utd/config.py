@@ -18,6 +18,9 @@ from .errors import ConfigError
 DEFAULTS: dict[str, Any] = {
     "UTD_SOCKET_DIR": None,
     "UTD_TIMEOUT": 2.0,
+    # SIGRTMIN + 5: neither uWSGI nor gunicorn uses real-time signals, and
+    # glibc keeps the two below SIGRTMIN for itself. ``None`` turns it off.
+    "UTD_FAULTHANDLER_SIGNAL_OFFSET": 5,
 }
 
 
@@ -29,16 +32,23 @@ class Settings:
     socket_dir: str
     #: The collector's deadline for each process, in seconds.
     timeout: float
+    #: The signal on which every process registers :mod:`faulthandler`, or ``None``.
+    fault_signal: int | None = None
 
 
 def default_socket_dirs() -> list[str]:
     """The directories used when ``UTD_SOCKET_DIR`` is not set, preferred first.
 
     ``$XDG_RUNTIME_DIR/flask-utd`` where that variable names a directory, then
-    ``<tmp>/flask-utd-<uid>``. A server run by systemd often has no
+    ``<tmp>/flask-utd-<uid>``, after the ``UTD_SOCKET_DIR`` environment variable
+    if it is set. A server run by systemd often has no
     ``XDG_RUNTIME_DIR`` while a login shell has one, so readers look in both.
     """
     dirs = []
+    from_env = os.environ.get("UTD_SOCKET_DIR")
+    if from_env:
+        # The gunicorn hooks and the lean CLI have no app config to read.
+        dirs.append(os.path.abspath(from_env))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         dirs.append(os.path.join(runtime, "flask-utd"))
@@ -74,4 +84,24 @@ def load_settings(config: dict[str, Any]) -> Settings:
         raise ConfigError(
             f"UTD_TIMEOUT must be more than 0 and at most 60 seconds, not {timeout!r}."
         )
-    return Settings(socket_dir=socket_dir, timeout=float(timeout))
+
+    offset = config["UTD_FAULTHANDLER_SIGNAL_OFFSET"]
+    fault_signal = None
+    if offset is not None and offset is not False:
+        from .faultdump import max_offset
+        from .faultdump import signal_for
+
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ConfigError(
+                "UTD_FAULTHANDLER_SIGNAL_OFFSET must be an int k (faulthandler"
+                f" listens on SIGRTMIN+k) or None to turn it off, not {offset!r}."
+            )
+        if not 0 <= offset <= max_offset():
+            raise ConfigError(
+                f"UTD_FAULTHANDLER_SIGNAL_OFFSET must be between 0 and {max_offset()}"
+                f" (SIGRTMIN+k must be a real-time signal), not {offset!r}."
+            )
+        fault_signal = signal_for(offset)
+    return Settings(
+        socket_dir=socket_dir, timeout=float(timeout), fault_signal=fault_signal
+    )

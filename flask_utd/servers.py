@@ -106,6 +106,7 @@ def start_for_place(settings: Settings, place: Place, unsafe: str | None = None)
             role=place.role,
             worker_id=place.worker_id,
             unsafe=unsafe,
+            fault_signal=settings.fault_signal,
         )
     except Exception:
         # Never take the server down: a server without thread dumps still serves.

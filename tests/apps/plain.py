@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -46,3 +47,17 @@ def hello() -> str:
 @app.get("/beats")
 def get_beats() -> str:
     return f"{beats}\n"
+
+
+@app.get("/gil")
+def hold_the_gil() -> str:
+    # libc's sleep called through PyDLL keeps the GIL for the whole call: every
+    # other thread of this process, the agent included, stands still.
+    ctypes.PyDLL(None).sleep(int(os.environ.get("DEMO_GIL_SECONDS", "20")))
+    return "slept holding the GIL\n"
+
+
+@app.get("/pid")
+def get_pid() -> str:
+    time.sleep(float(os.environ.get("DEMO_PID_SECONDS", "0")))
+    return f"{os.getpid()}\n"

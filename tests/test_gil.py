@@ -1,0 +1,176 @@
+"""A process whose thread holds the GIL: the report still comes back in time,
+with that process marked ``timeout`` and its stacks taken by faulthandler."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_utd import faultdump
+from flask_utd.agent import start_agent
+from flask_utd.agent import stop_agents
+from tests.conftest import Servers
+from tests.conftest import need_uwsgi
+from tests.conftest import report_of
+from tests.conftest import wait_for
+
+SIGNAL = faultdump.signal_for(5)
+
+TEXT = """\
+Thread 0x00007fbedf7fc6c0 (most recent call first):
+  File "/lib/threading.py", line 320 in wait
+  File "/lib/threading.py", line 1002 in _bootstrap
+
+Current thread 0x00007fbee0440b80 (most recent call first):
+  File "/app/views.py", line 12 in hold_the_gil
+  File "/app/wsgi.py", line ??? in <module>
+"""
+
+
+def test_parse_faulthandler_text() -> None:
+    threads = faultdump.parse(TEXT, agent_ident=0x7FBEDF7FC6C0)
+    assert [t["ident"] for t in threads] == [0x7FBEE0440B80, 0x7FBEDF7FC6C0]
+    current, agent = threads
+    assert all(t["source"] == "faulthandler" for t in threads)
+    assert agent["is_agent"] and not current["is_agent"]
+    assert "took the signal" in current["name"]
+    # Outermost first, as in every other report.
+    assert [f["function"] for f in current["frames"]] == ["<module>", "hold_the_gil"]
+    assert current["frames"][1]["line"] == 12 and current["frames"][0]["line"] == 0
+    assert [f["function"] for f in agent["frames"]] == ["_bootstrap", "wait"]
+
+
+def test_fallback_in_this_process(socket_dir: str) -> None:
+    agent = start_agent(
+        socket_dir, "77", role="process", worker_id=None, fault_signal=SIGNAL
+    )
+    try:
+        directory = os.path.dirname(agent.path)
+        assert os.path.exists(faultdump.fh_path(directory, os.getpid()))
+        assert faultdump.catches(os.getpid(), SIGNAL)
+        threads, note = faultdump.fallback_stacks(
+            directory, os.getpid(), time.monotonic() + 5
+        )
+        assert threads is not None, note
+        assert "faulthandler" in note
+        mine = [t for t in threads if t["ident"] == threading.get_ident()]
+        assert mine and mine[0]["frames"][-1]["function"] == "fallback_stacks"
+        assert [t for t in threads if t["is_agent"]]
+    finally:
+        stop_agents()
+    assert not faultdump.catches(os.getpid(), SIGNAL)
+    assert not os.path.exists(faultdump.fh_path(directory, os.getpid()))
+
+
+def _forged_note(directory: Path, pid: int) -> None:
+    header = {
+        "pid": pid,
+        "signal": SIGNAL,
+        "start_time": faultdump.start_time(pid),
+        "agent_ident": None,
+    }
+    (directory / f"{pid}.fh").write_text(json.dumps(header) + "\n")
+
+
+def test_a_process_without_a_handler_is_never_signalled(tmp_path: Path) -> None:
+    # Like uWSGI's http router: the default action of a real-time signal kills.
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        _forged_note(tmp_path, victim.pid)
+        threads, note = faultdump.fallback_stacks(
+            str(tmp_path), victim.pid, time.monotonic() + 1
+        )
+        assert threads is None and "not signalled" in note
+        assert victim.poll() is None
+        # A note whose start time belongs to another process (a reused PID).
+        header = json.loads((tmp_path / f"{victim.pid}.fh").read_text())
+        header["start_time"] -= 1
+        (tmp_path / f"{victim.pid}.fh").write_text(json.dumps(header) + "\n")
+        threads, note = faultdump.fallback_stacks(
+            str(tmp_path), victim.pid, time.monotonic() + 1
+        )
+        assert threads is None and victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait(5)
+
+
+def _get(url: str, timeout: float = 60) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.uwsgi
+def test_uwsgi_worker_holding_the_gil(servers: Servers, socket_dir: str) -> None:
+    server = servers.start(
+        need_uwsgi(),
+        [
+            "--module",
+            "tests.apps.plain:app",
+            "--master",
+            "--workers",
+            "2",
+            "--py-call-uwsgi-fork-hooks",
+            "--die-on-term",
+        ],
+        env={"DEMO_GIL_SECONDS": "20"},
+    )
+    wait_for(
+        lambda: (
+            len(report_of(server, socket_dir)["processes"]) == 3
+            and all(
+                p["status"] == "ok" for p in report_of(server, socket_dir)["processes"]
+            )
+        )
+    )
+    results: list[Any] = []
+    caller = threading.Thread(
+        target=lambda: results.append(_get(server.url("/gil"))), daemon=True
+    )
+    caller.start()
+    timeout = 1.0
+
+    def stuck_report() -> dict[str, Any] | None:
+        started = time.monotonic()
+        report = report_of(server, socket_dir, timeout=timeout)
+        elapsed = time.monotonic() - started
+        # The deadline holds, fallback included (generous slack for a busy box).
+        assert elapsed < timeout + 1.5, elapsed
+        stuck = [p for p in report["processes"] if p["status"] != "ok"]
+        return report if stuck else None
+
+    report = wait_for(stuck_report, timeout=20, interval=0.2)
+    (stuck,) = [p for p in report["processes"] if p["status"] != "ok"]
+    others = [p for p in report["processes"] if p["status"] == "ok"]
+    assert {p["role"] for p in others} == {"master", "worker"}
+    assert stuck["status"] == "timeout" and "GIL" in stuck["error"]
+    assert stuck["role"] == "worker" and stuck["worker_id"] in (1, 2)
+    assert stuck["stacks_source"] == "faulthandler", stuck["error"]
+    assert all(t["source"] == "faulthandler" for t in stuck["threads"])
+    in_view = [
+        t
+        for t in stuck["threads"]
+        if t["frames"] and t["frames"][-1]["function"] == "hold_the_gil"
+    ]
+    assert in_view, stuck["threads"]
+    assert "PyDLL" in (in_view[0]["frames"][-1]["code"] or "")
+    # The signal interrupted libc's sleep, nothing worse: the worker answers.
+    caller.join(30)
+    assert results == ["slept holding the GIL\n"]
+    wait_for(
+        lambda: all(
+            p["status"] == "ok" for p in report_of(server, socket_dir)["processes"]
+        )
+    )
+    assert "signal 11" not in server.log() and "DAMN" not in server.log()
+    os.kill(server.pid, 0)
+    assert signal.SIGRTMIN + 5 == SIGNAL
