@@ -31,7 +31,7 @@ MARGIN = 0.25
 #: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
 FALLBACK_SHARE = 0.25
 FALLBACK_MAX = 0.5
-_ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
+_ROLE_ORDER = {"master": 0, "worker": 1, "mule": 2, "spooler": 3, "process": 4}
 
 
 def _entry(
@@ -239,7 +239,7 @@ def collect(
                 )
             )
     processes.sort(
-        key=lambda p: (_ROLE_ORDER.get(p["role"], 3), p["worker_id"] or 0, p["pid"])
+        key=lambda p: (_ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
     )
     return {
         "schema": SCHEMA,

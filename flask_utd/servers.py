@@ -30,7 +30,8 @@ FORK_HOOKS_OPTION = "py-call-uwsgi-fork-hooks"
 class Place:
     """What this process is, for the agent and the report."""
 
-    #: ``"master"``, ``"worker"`` or ``"process"``.
+    #: ``"master"``, ``"worker"`` or ``"process"``; under uWSGI also ``"mule"``
+    #: (``worker_id`` is the mule id) and ``"spooler"``.
     role: str
     worker_id: int | None
     #: The server instance: the master's pid, else this process's pid, as text.
@@ -100,6 +101,11 @@ def current_place() -> Place:
             return Place("worker", worker_id, instance)
         if master == os.getpid():
             return Place("master", None, instance)
+        mule_id = uwsgi.mule_id() if hasattr(uwsgi, "mule_id") else 0
+        if mule_id:
+            return Place("mule", mule_id, instance)
+        if hasattr(uwsgi, "i_am_the_spooler") and uwsgi.i_am_the_spooler():
+            return Place("spooler", None, instance)
         return Place("process", None, instance)
     return Place("process", None, str(os.getpid()))
 
