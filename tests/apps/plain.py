@@ -61,3 +61,8 @@ def hold_the_gil() -> str:
 def get_pid() -> str:
     time.sleep(float(os.environ.get("DEMO_PID_SECONDS", "0")))
     return f"{os.getpid()}\n"
+
+
+if __name__ == "__main__":
+    # `python tests/apps/plain.py`: Flask's development server on a free port.
+    app.run(host="127.0.0.1", port=0)
