@@ -63,8 +63,10 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
 
     try:
         conn = rpc.connect(path, deadline)
-    except ConnectionRefusedError:
-        if sockets.remove_if_stale(path):
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Gone if nobody listens, or if its socket was removed meanwhile (the
+        # process exited, or the server's hooks cleaned up after it).
+        if sockets.remove_if_stale(path) or not os.path.lexists(path):
             try:
                 os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
             except OSError:
@@ -89,6 +91,13 @@ def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> d
     except EOFError as err:
         if "deadline" in str(err):
             return _entry(pid, "timeout", _timeout_message(pid, timeout))
+        if _exited(pid, path):
+            return _entry(
+                pid,
+                "stale",
+                f"process {pid} exited while it was asked (a worker being replaced"
+                " or killed). If it was a worker, the server starts a new one.",
+            )
         return _entry(
             pid,
             "refused",
@@ -145,6 +154,19 @@ def _fh_header(directory: str, pid: int) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return header if isinstance(header, dict) else None
+
+
+def _exited(pid: int, path: str) -> bool:
+    """Whether process ``pid`` is gone or exiting: its socket was removed (at
+    exit, or by the server's hooks), or it is dead or a zombie."""
+    if not os.path.lexists(path) or not sockets.pid_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X", b"")
 
 
 def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:

@@ -14,8 +14,8 @@ server instance: the arbiter's pid.
   app, and the hooks use the ``UTD_SOCKET_DIR`` environment variable (else the
   default per-user directory), which the app then falls back to as well.
 - ``pre_fork`` (arbiter): gives the worker about to be forked its worker id.
-- ``post_fork`` (worker): says where this process sits; the agent starts now
-  (``--preload``) or as soon as the worker loads the app.
+- ``post_fork`` (worker): says where this process sits and starts its agent,
+  before the worker loads the app.
 - ``child_exit`` (arbiter): removes the socket and files of a worker that died,
   however it died (SIGKILL, timeout, max-requests).
 - ``on_exit`` (arbiter): removes the arbiter's own files at shutdown.
@@ -89,9 +89,11 @@ def post_fork(server: Any, worker: Any) -> None:
     worker_id = getattr(worker, "utd_worker_id", None) or worker.age
     place = servers.Place("worker", worker_id, str(server.pid))
     servers.set_place(place)
-    # With --preload the app is loaded already; otherwise the worker loads it
-    # next, and flask-utd starts the agent then (servers.setup_process).
-    for settings in servers.loaded_settings():
+    # Started now, not when the worker has loaded the app: a dump taken while a
+    # new worker imports the app (a respawn without --preload) shows it doing so
+    # instead of leaving it out. An app whose UTD_SOCKET_DIR differs from the
+    # hooks' gets a second agent there when it is loaded.
+    for settings in _settings():
         servers.start_for_place(settings, place)
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 from flask import Flask
+from flask import request
 
 from flask_utd import utd_bp
 
@@ -59,7 +60,7 @@ def hold_the_gil() -> str:
 
 @app.get("/pid")
 def get_pid() -> str:
-    time.sleep(float(os.environ.get("DEMO_PID_SECONDS", "0")))
+    time.sleep(float(request.args.get("sleep", "0")))
     return f"{os.getpid()}\n"
 
 
