@@ -206,7 +206,7 @@ def test_uwsgi_churn(servers: Servers, socket_dir: str) -> None:
     assert server.log().count("is done. Seeya!") > 0  # max-requests respawns
 
 
-def test_gunicorn_churn(gunicorns: Gunicorns, socket_dir: str) -> None:
+def test_gunicorn_churn(gunicorns: Gunicorns, socket_dir: str) -> None:  # noqa: F811
     seconds = float(os.environ.get("UTD_CHURN_GUNICORN_SECONDS", "10"))
     server = gunicorns.start(
         ["-w", "2", "--max-requests", "20", "tests.apps.plain:app"]
