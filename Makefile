@@ -40,9 +40,12 @@ pythons: .venvs/.installed
 test: $(STAMP) .venvs/.installed
 	$(BIN)/python -m pytest
 
+# Static checks: ruff (lint and format) and mypy strict, configured in pyproject.toml.
+LINT_PATHS := flask_utd tests demo_app $(wildcard bench docs/conf.py)
+
 lint: $(STAMP)
-	$(BIN)/ruff check flask_utd tests demo_app bench
-	$(BIN)/ruff format --check flask_utd tests demo_app bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 demo: $(STAMP)

@@ -16,12 +16,16 @@ import urllib.request
 from pathlib import Path
 
 from flask_utd.collector import collect
+from flask_utd.config import DEFAULTS
 from flask_utd.config import default_socket_dirs
 
 from .server import ROOT
 from .server import UwsgiServer
 from .server import ini_without_address
 from .server import uwsgi_binary
+
+#: The demo app keeps flask-utd's default.
+SLOW_REQUEST: float = DEFAULTS["UTD_SLOW_REQUEST"]
 
 
 def _get(url: str) -> None:
@@ -32,15 +36,11 @@ def _get(url: str) -> None:
 
 
 def _workers_stuck(socket_dir: str, instance: str) -> bool:
-    report = collect(socket_dir, instance, timeout=2)
-    stuck = 0
-    for process in report["processes"]:
-        if process["role"] == "worker" and any(
-            t["frames"] and t["frames"][-1]["function"] == "hello"
-            for t in process["threads"]
-        ):
-            stuck += 1
-    return stuck >= 2
+    """Whether both workers serve a /hello that is older than UTD_SLOW_REQUEST,
+    so that the dump opens with them as stuck requests."""
+    report = collect(socket_dir, instance, timeout=2, slow_after=SLOW_REQUEST)
+    stuck = report["summary"]["stuck_requests"]
+    return len({s["pid"] for s in stuck if s["endpoint"] == "hello"}) >= 2
 
 
 def main() -> int:
@@ -48,7 +48,8 @@ def main() -> int:
     if uwsgi is None:
         print("uWSGI is not installed in this virtualenv: run `make demo`.")
         return 2
-    socket_dir = default_socket_dirs()[0]
+    # The demo app reads DEMO_-prefixed environment variables into its config.
+    socket_dir = os.environ.get("DEMO_UTD_SOCKET_DIR") or default_socket_dirs()[0]
     with tempfile.TemporaryDirectory(prefix="utd-demo-") as tmp:
         options = ini_without_address(Path(tmp) / "uwsgi.ini")
         server = UwsgiServer(uwsgi, options, Path(tmp) / "uwsgi.log")
@@ -68,11 +69,23 @@ def main() -> int:
                     print(server.log())
                     return 1
                 time.sleep(0.2)
-            print("Both workers are stuck. `flask --app demo_app.app utd dump` says:\n")
+            print(
+                f"Both workers have been stuck for more than {SLOW_REQUEST:g} s."
+                " `flask --app demo_app.app utd dump` says:\n"
+            )
             sys.stdout.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "flask", "--app", "demo_app.app", "utd", "dump",
-                 "--instance", instance],
+                [
+                    sys.executable,
+                    "-m",
+                    "flask",
+                    "--app",
+                    "demo_app.app",
+                    "utd",
+                    "dump",
+                    "--instance",
+                    instance,
+                ],
                 cwd=ROOT,
             )
             if code != 0:

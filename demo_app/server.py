@@ -91,7 +91,8 @@ class UwsgiServer:
         raise RuntimeError(f"uWSGI did not start; its log:\n{self.log()}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server: SIGTERM, then SIGKILL to its process group at the deadline."""
+        """Stop the server: SIGTERM, then SIGKILL to its process group at the
+        deadline."""
         if self.proc is None or self.proc.returncode is not None:
             return
         pgid = self.proc.pid  # start_new_session: the master leads its own group

@@ -25,6 +25,8 @@ from rpyc.utils.server import Server
 
 from . import faultdump
 from . import sockets
+from .config import MAX_LOCALS_FRAMES
+from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .rpc import DeadlineStream
 from .snapshot import AGENT_THREAD_NAME
@@ -53,6 +55,9 @@ class Agent:
     unsafe: str | None
     server: Server
     thread: threading.Thread
+    #: What a dump that asks for locals gets (``UTD_LOCALS_*``), or ``None``
+    #: when the app did not set ``UTD_LOCALS = True``.
+    locals_policy: LocalsRequest | None = None
 
 
 _lock = threading.Lock()
@@ -81,6 +86,29 @@ def _error_report(agent: Agent, message: str) -> dict[str, Any]:
     }
 
 
+LOCALS_OFF = (
+    "locals are off in this app: set UTD_LOCALS = True in its config and restart"
+    " the server to allow `flask utd dump --locals` and `?locals=1`."
+)
+
+
+def _locals_request(
+    agent: Agent, options: dict[str, Any]
+) -> tuple[LocalsRequest | None, str | None]:
+    """What the ``locals`` dump option asks for: ``True`` (the app's
+    ``UTD_LOCALS_FRAMES``) or a number of frames; and why it is refused, if so."""
+    wanted = options.get("locals")
+    if wanted is None or wanted is False or wanted == 0:
+        return None, None
+    if wanted is not True and (type(wanted) is not int or wanted < 0):
+        raise ValueError("locals must be true or a number of frames")
+    policy = agent.locals_policy
+    if policy is None:
+        return None, LOCALS_OFF
+    frames = policy.frames if wanted is True else min(wanted, MAX_LOCALS_FRAMES)
+    return LocalsRequest(frames, policy.reprs, policy.budget), None
+
+
 class UTDService(rpyc.Service):  # type: ignore[misc]
     """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
 
@@ -101,8 +129,10 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
         try:
             if type(options) is not str or len(options) > MAX_OPTIONS:
                 raise ValueError("options must be a JSON object as text")
-            if not isinstance(json.loads(options), dict):
+            parsed = json.loads(options)
+            if not isinstance(parsed, dict):
                 raise ValueError("options must be a JSON object")
+            locals_request, locals_error = _locals_request(agent, parsed)
         except ValueError as err:
             return json.dumps(_error_report(agent, f"bad dump request: {err}"))
         try:
@@ -111,6 +141,8 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
                 worker_id=agent.worker_id,
                 agent_idents=agent_idents(),
                 unsafe=agent.unsafe,
+                locals_request=locals_request,
+                locals_error=locals_error,
             )
             return json.dumps(report, default=repr)
         except Exception as err:  # the agent must answer, whatever happened
@@ -221,6 +253,7 @@ def start_agent(
     worker_id: int | None,
     unsafe: str | None = None,
     fault_signal: int | None = None,
+    locals_policy: LocalsRequest | None = None,
 ) -> Agent:
     """Start this process's agent for ``socket_dir`` unless it already runs.
 
@@ -232,6 +265,9 @@ def start_agent(
     :param fault_signal: register :mod:`faulthandler` on this signal, writing
         into this process's ``<pid>.fh`` (not in an unsafe process, where it could
         read the parent's thread states).
+    :param locals_policy: what a dump that asks for locals gets; ``None`` (the
+        default) refuses locals. Apps that share a socket directory in one
+        process share its agent: the first one to start it decides.
     :raises SocketDirError: the socket directory is not private or not ours.
     """
     global _atexit_pid
@@ -270,7 +306,7 @@ def start_agent(
         thread = threading.Thread(
             target=server.start, name=AGENT_THREAD_NAME, daemon=True
         )
-        agent = Agent(pid, path, role, worker_id, unsafe, server, thread)
+        agent = Agent(pid, path, role, worker_id, unsafe, server, thread, locals_policy)
         service._agent = agent
         server._listen()
         os.rename(binding, path)

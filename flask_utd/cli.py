@@ -22,6 +22,7 @@ import click
 from .collector import all_answered
 from .collector import collect
 from .collector import find_instance
+from .config import DEFAULTS
 from .config import default_socket_dirs
 from .errors import InstanceNotFound
 from .render import render_text
@@ -48,9 +49,14 @@ def run_dump(
     pid: int | None = None,
     as_json: bool = False,
     timeout: float = 2.0,
+    show_locals: bool = False,
+    slow_after: float = 5.0,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
+    :param show_locals: ask for the locals of the innermost frames (each
+        process's app must allow them with ``UTD_LOCALS = True``).
+    :param slow_after: requests older than this are listed first, as stuck.
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
@@ -58,7 +64,15 @@ def run_dump(
         socket_dir, found = find_instance(socket_dirs, instance)
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    report = collect(socket_dir, found, timeout=timeout, pid=pid)
+    options = {"locals": True} if show_locals else None
+    report = collect(
+        socket_dir,
+        found,
+        timeout=timeout,
+        pid=pid,
+        options=options,
+        slow_after=slow_after,
+    )
     if pid is not None and not report["processes"]:
         raise UsageError(f"no process {pid} in server instance {found}.")
     if as_json:
@@ -102,14 +116,30 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 
 _dump_options = [
-    click.option("--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."),
+    click.option(
+        "--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."
+    ),
     click.option("--pid", type=int, help="Only this process."),
     click.option(
         "--instance",
         help="The server instance (its master's pid), when several are running.",
     ),
     click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True, max=60), help="Each process's deadline in seconds (default: UTD_TIMEOUT)."
+        "--locals",
+        "show_locals",
+        is_flag=True,
+        help="Show the locals of the innermost frames (the app must set UTD_LOCALS).",
+    ),
+    click.option(
+        "--slow-after",
+        type=click.FloatRange(min=0),
+        help="List requests older than this many seconds first, as stuck"
+        " (default: UTD_SLOW_REQUEST).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True, max=60),
+        help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
 ]
 
@@ -127,7 +157,12 @@ def register(bp: Blueprint) -> None:
     @bp.cli.command("dump")
     @_with_dump_options
     def dump_command(
-        as_json: bool, pid: int | None, instance: str | None, timeout: float | None
+        as_json: bool,
+        pid: int | None,
+        instance: str | None,
+        timeout: float | None,
+        show_locals: bool,
+        slow_after: float | None,
     ) -> None:
         """Print a thread dump of every process of the running server."""
         settings = current_app.extensions["utd"].settings
@@ -142,6 +177,10 @@ def register(bp: Blueprint) -> None:
                 pid=pid,
                 as_json=as_json,
                 timeout=timeout or settings.timeout,
+                show_locals=show_locals,
+                slow_after=(
+                    settings.slow_request if slow_after is None else slow_after
+                ),
             ),
             testing=current_app.testing,
         )
@@ -165,10 +204,18 @@ def lean_dump(
     pid: int | None,
     instance: str | None,
     timeout: float | None,
+    show_locals: bool,
+    slow_after: float | None,
 ) -> None:
     """Print a thread dump of every process of the running server."""
     dirs = [os.path.abspath(socket_dir)] if socket_dir else default_socket_dirs()
     code = run_dump(
-        dirs, instance=instance, pid=pid, as_json=as_json, timeout=timeout or 2.0
+        dirs,
+        instance=instance,
+        pid=pid,
+        as_json=as_json,
+        timeout=timeout or 2.0,
+        show_locals=show_locals,
+        slow_after=DEFAULTS["UTD_SLOW_REQUEST"] if slow_after is None else slow_after,
     )
     raise SystemExit(code)

@@ -21,7 +21,9 @@ from typing import Any
 
 from . import faultdump
 from . import sockets
+from .config import DEFAULTS
 from .errors import InstanceNotFound
+from .summary import summarize
 
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
@@ -35,7 +37,11 @@ _ROLE_ORDER = {"master": 0, "worker": 1, "mule": 2, "spooler": 3, "process": 4}
 
 
 def _entry(
-    pid: int, status: str, error: str | None, role: str = "process", worker_id: Any = None
+    pid: int,
+    status: str,
+    error: str | None,
+    role: str = "process",
+    worker_id: Any = None,
 ) -> dict[str, Any]:
     return {
         "pid": pid,
@@ -57,7 +63,9 @@ def _timeout_message(pid: int, timeout: float) -> str:
     )
 
 
-def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> dict[str, Any]:
+def ask(
+    path: str, pid: int, deadline: float, timeout: float, options: str
+) -> dict[str, Any]:
     """Ask the agent on ``path`` for its process report; never raise."""
     from . import rpc
 
@@ -195,6 +203,7 @@ def collect(
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
     fallback: bool = True,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> dict[str, Any]:
     """Collect the report of every process of ``instance``.
 
@@ -212,6 +221,11 @@ def collect(
     :param options: dump options passed to every agent.
     :param fallback: signal a process that misses its deadline for faulthandler's
         stacks, if it registered.
+    :param options: dump options passed to every agent: ``{"locals": True}``
+        (or a number of frames) asks for locals, which each agent gives only
+        when its app set ``UTD_LOCALS = True``.
+    :param slow_after: requests older than this many seconds are listed as stuck
+        in the report's ``summary`` (``UTD_SLOW_REQUEST``).
     """
     started = time.monotonic()
     final = started + timeout
@@ -248,7 +262,11 @@ def collect(
                 )
     known = {p["pid"] for p in processes}
     for worker in roster or ():
-        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"]):
+        if (
+            worker["pid"]
+            and worker["pid"] not in known
+            and pid in (None, worker["pid"])
+        ):
             processes.append(
                 _entry(
                     worker["pid"],
@@ -263,7 +281,7 @@ def collect(
     processes.sort(
         key=lambda p: (_ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
     )
-    return {
+    report = {
         "schema": SCHEMA,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "host": socket.gethostname(),
@@ -271,9 +289,13 @@ def collect(
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
     }
+    report["summary"] = summarize(report, slow_after)
+    return report
 
 
-def find_instance(socket_dirs: Iterable[str], instance: str | None = None) -> tuple[str, str]:
+def find_instance(
+    socket_dirs: Iterable[str], instance: str | None = None
+) -> tuple[str, str]:
     """Find the one server instance to dump: ``(socket_dir, instance)``.
 
     :param socket_dirs: where to look, in order.

@@ -21,7 +21,19 @@ DEFAULTS: dict[str, Any] = {
     # SIGRTMIN + 5: neither uWSGI nor gunicorn uses real-time signals, and
     # glibc keeps the two below SIGRTMIN for itself. ``None`` turns it off.
     "UTD_FAULTHANDLER_SIGNAL_OFFSET": 5,
+    "UTD_CAPTURE_QUERY": False,
+    "UTD_SLOW_REQUEST": 5.0,
+    "UTD_LOCALS": False,
+    "UTD_LOCALS_FRAMES": 3,
+    "UTD_LOCALS_REPR": "builtin",
+    "UTD_LOCALS_BUDGET": 0.5,
 }
+
+#: The ways locals may be shown (``UTD_LOCALS_REPR``): ``"builtin"`` calls no
+#: object's own ``__repr__``; ``"all"`` does, in a helper thread, within the budget.
+LOCALS_REPRS = ("builtin", "all")
+#: Most frames per thread whose locals a dump may show.
+MAX_LOCALS_FRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,18 @@ class Settings:
     timeout: float
     #: The signal on which every process registers :mod:`faulthandler`, or ``None``.
     fault_signal: int | None = None
+    #: Whether the request context keeps the query string of the path.
+    capture_query: bool = False
+    #: Requests older than this many seconds are listed first, as stuck.
+    slow_request: float = 5.0
+    #: Whether a dump may show the locals of frames (asked per dump).
+    locals: bool = False
+    #: How many innermost frames per thread show their locals.
+    locals_frames: int = 3
+    #: ``"builtin"`` or ``"all"``: see :data:`LOCALS_REPRS`.
+    locals_repr: str = "builtin"
+    #: Seconds a dump may spend on locals, all threads together.
+    locals_budget: float = 0.5
 
 
 def default_socket_dirs() -> list[str]:
@@ -84,6 +108,45 @@ def load_settings(config: dict[str, Any]) -> Settings:
         raise ConfigError(
             f"UTD_TIMEOUT must be more than 0 and at most 60 seconds, not {timeout!r}."
         )
+    for key in ("UTD_CAPTURE_QUERY", "UTD_LOCALS"):
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"{key} must be True or False, not {config[key]!r}.")
+
+    slow = config["UTD_SLOW_REQUEST"]
+    if isinstance(slow, bool) or not isinstance(slow, (int, float)) or slow < 0:
+        raise ConfigError(
+            f"UTD_SLOW_REQUEST must be a number of seconds (0 or more), not {slow!r};"
+            " e.g. 5.0. Requests older than that are listed first in a dump."
+        )
+
+    frames = config["UTD_LOCALS_FRAMES"]
+    if (
+        isinstance(frames, bool)
+        or not isinstance(frames, int)
+        or not 1 <= frames <= MAX_LOCALS_FRAMES
+    ):
+        raise ConfigError(
+            f"UTD_LOCALS_FRAMES must be a whole number from 1 to {MAX_LOCALS_FRAMES},"
+            f" not {frames!r}; e.g. 3."
+        )
+
+    reprs = config["UTD_LOCALS_REPR"]
+    if reprs not in LOCALS_REPRS:
+        raise ConfigError(
+            f"UTD_LOCALS_REPR must be 'builtin' (show values of builtin types only)"
+            f" or 'all' (call every object's __repr__), not {reprs!r}."
+        )
+
+    budget = config["UTD_LOCALS_BUDGET"]
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not 0 < budget < timeout
+    ):
+        raise ConfigError(
+            f"UTD_LOCALS_BUDGET must be a number of seconds above 0 and below"
+            f" UTD_TIMEOUT ({timeout!r}), not {budget!r}; e.g. 0.5."
+        )
 
     offset = config["UTD_FAULTHANDLER_SIGNAL_OFFSET"]
     fault_signal = None
@@ -103,5 +166,13 @@ def load_settings(config: dict[str, Any]) -> Settings:
             )
         fault_signal = signal_for(offset)
     return Settings(
-        socket_dir=socket_dir, timeout=float(timeout), fault_signal=fault_signal
+        socket_dir=socket_dir,
+        timeout=float(timeout),
+        capture_query=config["UTD_CAPTURE_QUERY"],
+        slow_request=float(slow),
+        locals=config["UTD_LOCALS"],
+        locals_frames=frames,
+        locals_repr=reprs,
+        locals_budget=float(budget),
+        fault_signal=fault_signal,
     )

@@ -16,4 +16,5 @@ class SocketDirError(UTDError):
 
 
 class InstanceNotFound(UTDError):
-    """No running server instance (or not exactly one) was found in the socket directory."""
+    """No running server instance (or not exactly one) was found in the socket
+    directory."""

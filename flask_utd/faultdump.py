@@ -188,6 +188,11 @@ def parse(text: str, agent_ident: int | None = None) -> list[dict[str, Any]]:
                 "daemon": None,
                 "is_agent": ident == agent_ident,
                 "request": None,
+                "wait": "unknown",
+                "wait_frame": None,
+                "os_state": None,
+                "wchan": None,
+                "lock_owner": None,
                 "frames": [],
                 "source": "faulthandler",
             }

@@ -91,7 +91,7 @@ class DeadlineStream(SocketStream):  # type: ignore[misc]
             self._arm()
             try:
                 buf = self.sock.recv(min(self.MAX_IO_CHUNK, count))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as err:
                 self.close()

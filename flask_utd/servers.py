@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from . import agent
 from .config import Settings
+from .frame_locals import LocalsRequest
 from .snapshot import ghost_message
 from .snapshot import ghost_threads
 
@@ -131,7 +133,18 @@ _MASTER_UNSAFE = (
 )
 
 
-def start_for_place(settings: Settings, place: Place, unsafe: str | None = None) -> None:
+def locals_policy(settings: Settings) -> LocalsRequest | None:
+    """What a dump that asks for locals gets under ``settings``, or ``None``."""
+    if not settings.locals:
+        return None
+    return LocalsRequest(
+        settings.locals_frames, settings.locals_repr, settings.locals_budget
+    )
+
+
+def start_for_place(
+    settings: Settings, place: Place, unsafe: str | None = None
+) -> None:
     """Start the agent of this process, or leave a note saying why it cannot run."""
     try:
         if (
@@ -155,6 +168,7 @@ def start_for_place(settings: Settings, place: Place, unsafe: str | None = None)
             worker_id=place.worker_id,
             unsafe=unsafe,
             fault_signal=settings.fault_signal,
+            locals_policy=locals_policy(settings),
         )
     except Exception:
         # Never take the server down: a server without thread dumps still serves.
@@ -192,6 +206,16 @@ def setup_process(settings: Settings) -> bool:
     if uwsgi is None:
         return False
     place = current_place()
+    if (
+        sys.version_info >= (3, 13)
+        and uwsgi_option("py-call-osafterfork")
+        and not uwsgi_option(FORK_HOOKS_OPTION)
+    ):
+        log.warning(
+            "flask-utd: on Python 3.13, uWSGI's `py-call-osafterfork` aborts every"
+            " worker right after the fork, with or without flask-utd; replace it with"
+            " `py-call-uwsgi-fork-hooks = true` in uwsgi.ini."
+        )
     if place.role == "master":
         # Workers forked from here start their own agent after the fork.
         if settings not in _postfork_settings:

@@ -9,6 +9,7 @@ claims.
 
 from __future__ import annotations
 
+import math
 import time
 
 from itsdangerous import BadSignature
@@ -48,7 +49,9 @@ def check_token(secret_key: str | bytes, token: str | None, max_age: float) -> N
     if not token:
         raise BadToken("missing token")
     try:
-        payload = _serializer(secret_key).loads(token, max_age=max_age)
+        # Signing times are whole seconds, so an age is over ``max_age`` exactly
+        # when it is over its floor (and itsdangerous takes an int).
+        payload = _serializer(secret_key).loads(token, max_age=math.floor(max_age))
     except SignatureExpired as err:
         raise BadToken("expired token") from err
     except BadSignature as err:

@@ -9,9 +9,15 @@ import linecache
 import os
 import sys
 import threading
+import time
 from collections.abc import Collection
 from types import FrameType
 from typing import Any
+
+from . import tracking
+from . import waits
+from .frame_locals import LocalsRequest
+from .frame_locals import collect_locals
 
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
@@ -44,9 +50,13 @@ def ghost_threads() -> list[threading.Thread]:
     ]
 
 
-def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
+def _frame_stack(
+    frame: FrameType | None,
+) -> tuple[list[dict[str, Any]], list[FrameType]]:
     frames: list[dict[str, Any]] = []
+    objects: list[FrameType] = []
     while frame is not None:
+        objects.append(frame)
         code = frame.f_code
         lineno = frame.f_lineno or code.co_firstlineno
         line = linecache.getline(code.co_filename, lineno).strip()
@@ -60,7 +70,8 @@ def _frame_stack(frame: FrameType | None) -> list[dict[str, Any]]:
         )
         frame = frame.f_back
     frames.reverse()
-    return frames
+    objects.reverse()
+    return frames, objects
 
 
 def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
@@ -74,38 +85,65 @@ def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int |
     return native
 
 
-def thread_reports(agent_idents: Collection[int]) -> list[dict[str, Any]]:
-    """One entry per thread that ``sys._current_frames()`` knows.
+def thread_reports(
+    agent_idents: Collection[int], locals_request: LocalsRequest | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One entry per thread that ``sys._current_frames()`` knows, and the report's
+    ``locals`` entry when locals were asked for.
 
     Only call this when :func:`ghost_threads` is empty: with ghost thread states,
     ``sys._current_frames()`` can crash the process (Python 3.11) or answer with a
     stack that belongs to the parent (3.10).
 
     :param agent_idents: idents of the agent's own threads, marked ``is_agent``.
+    :param locals_request: show the locals of the innermost frames (never of the
+        agent's threads).
     """
     tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
+    now = time.monotonic()
     current = sys._current_frames()
+    with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
     try:
-        threads = []
+        threads: list[dict[str, Any]] = []
         for ident, frame in current.items():
             thread = by_ident.get(ident)
+            native_id = _native_id(thread, tasks)
+            frames, objects = _frame_stack(frame)
+            os_state, wchan = waits.os_state(native_id)
+            wait, wait_frame = waits.infer(
+                frames, calling=waits.in_call(frame), os_state=os_state
+            )
+            owner = None
+            if wait == "waiting-lock" and frames:
+                owner = waits.lock_owner(frame, frames[-1]["code"], ident)
+            is_agent = ident in agent_idents
             threads.append(
                 {
                     "ident": ident,
-                    "native_id": _native_id(thread, tasks),
+                    "native_id": native_id,
                     "name": thread.name if thread else f"<thread {ident}>",
                     "daemon": thread.daemon if thread else None,
-                    "is_agent": ident in agent_idents,
-                    "request": None,
-                    "frames": _frame_stack(frame),
+                    "is_agent": is_agent,
+                    "request": tracking.request_of(ident, now),
+                    "wait": wait,
+                    "wait_frame": wait_frame,
+                    "os_state": os_state,
+                    "wchan": wchan,
+                    "lock_owner": owner,
+                    "frames": frames,
                 }
             )
+            if locals_request is not None and not is_agent:
+                with_locals.append((frames, objects))
+        locals_entry = None
+        if locals_request is not None:
+            locals_entry = collect_locals(with_locals, locals_request)
     finally:
-        del current
+        del current, with_locals
     # The agent's own threads last: they are never the interesting ones.
     threads.sort(key=lambda t: t["is_agent"])
-    return threads
+    return threads, locals_entry
 
 
 def process_report(
@@ -114,6 +152,8 @@ def process_report(
     worker_id: int | None,
     agent_idents: Collection[int],
     unsafe: str | None = None,
+    locals_request: LocalsRequest | None = None,
+    locals_error: str | None = None,
 ) -> dict[str, Any]:
     """The ``flask-utd/1`` entry of this process.
 
@@ -122,6 +162,8 @@ def process_report(
     :param agent_idents: idents of the agent's threads.
     :param unsafe: why stacks cannot be read safely here; the report then has
         status ``"unsafe"`` and no threads.
+    :param locals_request: show the locals of each thread's innermost frames.
+    :param locals_error: locals were asked for and refused: why.
     """
     report: dict[str, Any] = {
         "pid": os.getpid(),
@@ -139,7 +181,11 @@ def process_report(
         report["status"] = "unsafe"
         report["error"] = unsafe
         return report
-    report["threads"] = thread_reports(agent_idents)
+    report["threads"], locals_entry = thread_reports(agent_idents, locals_request)
+    if locals_error is not None:
+        report["locals"] = {"error": locals_error}
+    elif locals_entry is not None:
+        report["locals"] = locals_entry
     return report
 
 

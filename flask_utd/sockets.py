@@ -5,7 +5,8 @@ Layout::
     <socket dir>/                 0700, owned by the server's uid
         <instance>/               0700, one per server instance (its master's pid)
             <pid>.sock            0600, one per process that runs an agent
-            <pid>.unsafe          a note left by a process that cannot run an agent safely
+            <pid>.unsafe          a note left by a process that cannot run an agent
+                                  safely
 
 This module imports neither Flask nor RPyC: the lean CLI path uses it.
 """
@@ -138,12 +139,40 @@ def pid_alive(pid: int) -> bool:
 
 
 def list_instances(socket_dir: str) -> list[str]:
-    """The instance directories in ``socket_dir`` whose owner process still exists."""
+    """The instance directories in ``socket_dir`` whose owner process still exists.
+
+    The directory of an instance whose master is gone is cleaned up on the way: its
+    stale sockets and notes are removed, then the directory if it is empty (a uWSGI
+    master runs no ``atexit`` handler, so nothing else removes it).
+    """
     try:
         names = sorted(os.listdir(socket_dir))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n for n in names if n.isdigit() and pid_alive(int(n))]
+    live = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        if pid_alive(int(name)):
+            live.append(name)
+        else:
+            _prune(os.path.join(socket_dir, name))
+    return live
+
+
+def _prune(directory: str) -> None:
+    for entry in list_entries(directory):
+        if entry.kind == "socket":
+            remove_if_stale(entry.path)
+        elif not pid_alive(entry.pid):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty: a process of it still listens
 
 
 def remove_if_stale(path: str) -> bool:

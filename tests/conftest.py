@@ -85,7 +85,10 @@ def need_uwsgi(version: str | None = None) -> str:
     binary = UWSGIS.get(version)
     if binary is None:
         message = f"uWSGI for Python {version} is not installed (run `make test`)"
-        if os.environ.get("CI") and version == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        if (
+            os.environ.get("CI")
+            and version == f"{sys.version_info[0]}.{sys.version_info[1]}"
+        ):
             pytest.fail(message)
         pytest.skip(message)
     return binary

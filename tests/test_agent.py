@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 import rpyc
@@ -19,7 +21,6 @@ from flask_utd.agent import stop_agents
 from flask_utd.collector import collect
 from flask_utd.rpc import connect
 from flask_utd.sockets import ensure_private_dir
-from tests.conftest import wait_for
 
 INSTANCE = "4242"
 
@@ -44,7 +45,12 @@ def test_agent_is_one_named_daemon_thread(agent) -> None:  # type: ignore[no-unt
     assert agent.thread.name == "utd-agent" and agent.thread.daemon
     assert agent.thread.is_alive()
     # Starting again in the same process is a no-op.
-    assert start_agent(agent.path.rsplit("/", 2)[0], INSTANCE, role="process", worker_id=None) is agent
+    assert (
+        start_agent(
+            agent.path.rsplit("/", 2)[0], INSTANCE, role="process", worker_id=None
+        )
+        is agent
+    )
 
 
 def test_dump_is_taken_by_the_agent_thread(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
@@ -94,6 +100,11 @@ def test_a_classic_rpyc_client_gets_nothing(agent) -> None:  # type: ignore[no-u
     # pystuck's way in: the classic (slave) protocol. Refused at the first step.
     with pytest.raises(AttributeError, match="cannot access 'getmodule'"):
         rpyc.classic.unix_connect(agent.path)
+    # RPyC leaves the refused classic connection's socket open: collect it now,
+    # not at a random later moment where its ResourceWarning fails some test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     conn = rpyc.utils.factory.unix_connect(agent.path, service=rpyc.SlaveService)
     try:
         for name in ("getmodule", "eval", "execute", "getconn", "modules"):
@@ -162,4 +173,6 @@ def test_stale_socket_is_reported_once_and_removed(socket_dir: str, agent) -> No
     assert "removed" in by_pid[999999]["error"]
     assert not os.path.exists(dead)
     assert by_pid[os.getpid()]["status"] == "ok"
-    assert [p["pid"] for p in collect(socket_dir, INSTANCE)["processes"]] == [os.getpid()]
+    assert [p["pid"] for p in collect(socket_dir, INSTANCE)["processes"]] == [
+        os.getpid()
+    ]

@@ -41,7 +41,9 @@ def test_dump_json_and_pid(app: Flask, client, runner) -> None:  # type: ignore[
     assert result.exit_code == 2 and "no process 1" in result.output
 
 
-def test_exit_code_3_when_a_process_does_not_answer(app: Flask, client, runner, socket_dir: str) -> None:  # type: ignore[no-untyped-def]
+def test_exit_code_3_when_a_process_does_not_answer(
+    app: Flask, client, runner, socket_dir: str
+) -> None:  # type: ignore[no-untyped-def]
     client.get("/")
     instance = os.path.join(socket_dir, str(os.getpid()))
     silent = socket.socket(socket.AF_UNIX)
@@ -92,7 +94,9 @@ def test_cli_processes_never_start_an_agent(socket_dir: str) -> None:
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )
-    leftovers = [os.path.join(d, f) for d, _, files in os.walk(socket_dir) for f in files]
+    leftovers = [
+        os.path.join(d, f) for d, _, files in os.walk(socket_dir) for f in files
+    ]
     assert leftovers == []
 
 

@@ -24,8 +24,10 @@ INSTANCE = str(os.getpid())
 
 @pytest.fixture
 def silent(socket_dir: str) -> Iterator[list[socket.socket]]:
-    """Three sockets that accept connections and never answer."""
-    ensure_private_dir(os.path.join(socket_dir, INSTANCE))
+    """Three sockets that accept connections and never answer, next to this
+    process's agent (started first: an agent sweeps away the sockets of PIDs
+    that do not exist, such as these made-up ones)."""
+    start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
     made = []
     for pid in (900001, 900002, 900003):
         s = socket.socket(socket.AF_UNIX)
@@ -38,7 +40,6 @@ def silent(socket_dir: str) -> Iterator[list[socket.socket]]:
 
 
 def test_silent_processes_time_out_within_the_deadline(socket_dir: str, silent) -> None:  # type: ignore[no-untyped-def]
-    start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
     try:
         started = time.monotonic()
         report = collect(socket_dir, INSTANCE, timeout=0.5)
@@ -60,10 +61,10 @@ def test_silent_processes_time_out_within_the_deadline(socket_dir: str, silent) 
 
 
 def test_unsafe_note_and_roster_worker_without_socket(socket_dir: str) -> None:
-    leave_unsafe_note(socket_dir, INSTANCE, role="master", worker_id=None, message="add X")
-    report = collect(
-        socket_dir, INSTANCE, roster=[{"pid": 1, "worker_id": 7}]
+    leave_unsafe_note(
+        socket_dir, INSTANCE, role="master", worker_id=None, message="add X"
     )
+    report = collect(socket_dir, INSTANCE, roster=[{"pid": 1, "worker_id": 7}])
     by_pid = {p["pid"]: p for p in report["processes"]}
     assert by_pid[os.getpid()]["status"] == "unsafe"
     assert by_pid[os.getpid()]["role"] == "master"
@@ -98,3 +99,16 @@ def test_no_instance_says_where_it_looked(socket_dir: str) -> None:
     with pytest.raises(InstanceNotFound, match="UTD_SOCKET_DIR") as info:
         find_instance([socket_dir])
     assert socket_dir in str(info.value)
+
+
+def test_instances_of_dead_masters_are_cleaned_up(socket_dir: str) -> None:
+    dead = os.path.join(socket_dir, "999998")  # no such pid
+    ensure_private_dir(dead)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(dead, "999998.sock"))
+    s.close()  # bound, never listening: left by a SIGKILLed master
+    with open(os.path.join(dead, "999997.unsafe"), "w") as f:
+        f.write("{}")
+    with pytest.raises(InstanceNotFound):
+        find_instance([socket_dir])
+    assert not os.path.exists(dead)

@@ -23,7 +23,12 @@ def test_defaults_are_set_once_at_setup() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("UTD_TIMEOUT", "2"), ("UTD_TIMEOUT", 0), ("UTD_TIMEOUT", True), ("UTD_SOCKET_DIR", 3)],
+    [
+        ("UTD_TIMEOUT", "2"),
+        ("UTD_TIMEOUT", 0),
+        ("UTD_TIMEOUT", True),
+        ("UTD_SOCKET_DIR", 3),
+    ],
 )
 def test_bad_values_fail_at_startup_naming_the_key(key: str, value: object) -> None:
     app = Flask("x")

@@ -1,0 +1,127 @@
+"""The summary that opens a dump: stuck requests, then identical stacks.
+
+Computed by the collector from the merged report, so that the text, the HTML
+page and the JSON say the same. Imports neither Flask nor RPyC.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+# Frames that are not the application's: Python's standard library, installed
+# packages, and the frameworks a Flask app runs in (also when they are
+# installed from a source tree).
+_STDLIB = re.compile(r"/lib(64)?/python\d+(\.\d+)?t?/(?!(site|dist)-packages/)")
+_INSTALLED = re.compile(r"/(site|dist)-packages/")
+_FRAMEWORKS = re.compile(
+    r"/(flask|werkzeug|flask_utd|rpyc|click|blinker|jinja2|itsdangerous|gunicorn"
+    r"|gevent|eventlet)/|/uwsgidecorators\.py$"
+)
+
+
+def is_app_file(path: str, *, installed_ok: bool = False) -> bool:
+    """Whether a frame's file belongs to the application.
+
+    :param installed_ok: count files in ``site-packages`` as the app's (for an
+        app that is itself installed as a package).
+    """
+    if not path or path.startswith("<"):
+        return False
+    if _STDLIB.search(path) or _FRAMEWORKS.search(path):
+        return False
+    return installed_ok or not _INSTALLED.search(path)
+
+
+def app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The innermost frame that belongs to the application, or ``None``.
+
+    Files outside ``site-packages`` come first; failing those, an installed
+    package that is none of the frameworks.
+    """
+    for installed_ok in (False, True):
+        for frame in reversed(frames):
+            if is_app_file(frame.get("file") or "", installed_ok=installed_ok):
+                return {k: frame.get(k) for k in ("file", "line", "function", "code")}
+    return None
+
+
+def _stack_key(frames: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+    return tuple((f.get("file"), f.get("line"), f.get("function")) for f in frames)
+
+
+def summarize(report: dict[str, Any], slow_after: float) -> dict[str, Any]:
+    """The ``summary`` of a ``flask-utd/1`` report.
+
+    The agent's own threads are left out of the counts and the groups: they are
+    the dump itself.
+
+    :param report: the merged report (its ``processes``).
+    :param slow_after: requests older than this many seconds are stuck
+        (``UTD_SLOW_REQUEST``).
+    :returns: ``processes``, ``answered``, ``threads_by_state``,
+        ``stuck_requests`` (oldest first) and ``stack_groups`` (largest first).
+    """
+    processes = report.get("processes") or []
+    by_state: Counter[str] = Counter()
+    stuck: list[dict[str, Any]] = []
+    groups: dict[tuple[tuple[Any, ...], ...], dict[str, Any]] = {}
+    for process in processes:
+        for thread in process.get("threads") or ():
+            if thread.get("is_agent"):
+                continue
+            by_state[thread.get("wait") or "unknown"] += 1
+            frames = thread.get("frames") or []
+            request = thread.get("request")
+            if request and (request.get("elapsed_s") or 0) >= slow_after:
+                stuck.append(
+                    {
+                        "pid": process["pid"],
+                        "role": process.get("role"),
+                        "worker_id": process.get("worker_id"),
+                        "thread": thread.get("name"),
+                        "ident": thread.get("ident"),
+                        "method": request.get("method"),
+                        "path": request.get("path"),
+                        "endpoint": request.get("endpoint"),
+                        "request_id": request.get("request_id"),
+                        "started_at": request.get("started_at"),
+                        "elapsed_s": request.get("elapsed_s"),
+                        "wait": thread.get("wait"),
+                        "app_frame": app_frame(frames),
+                    }
+                )
+            key = _stack_key(frames)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = {
+                    "count": 0,
+                    "processes": 0,
+                    "wait": thread.get("wait"),
+                    "frames": frames,
+                    "app_frame": app_frame(frames),
+                    "threads": [],
+                    "_pids": set(),
+                }
+            group["count"] += 1
+            group["_pids"].add(process["pid"])
+            group["threads"].append(
+                {
+                    "pid": process["pid"],
+                    "ident": thread.get("ident"),
+                    "name": thread.get("name"),
+                }
+            )
+    stuck.sort(key=lambda s: -(s["elapsed_s"] or 0))
+    stack_groups = sorted(groups.values(), key=lambda g: -g["count"])
+    for group in stack_groups:
+        group["processes"] = len(group.pop("_pids"))
+    return {
+        "processes": len(processes),
+        "answered": sum(1 for p in processes if p.get("status") == "ok"),
+        "slow_after": slow_after,
+        "threads_by_state": dict(by_state.most_common()),
+        "stuck_requests": stuck,
+        "stack_groups": stack_groups,
+    }

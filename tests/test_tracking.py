@@ -1,0 +1,189 @@
+"""The request each thread serves: recorded by utd_bp, shown in the dump."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_utd import tracking
+from flask_utd import utd_bp
+from flask_utd.agent import stop_agents
+from flask_utd.snapshot import process_report
+from tests.conftest import need_uwsgi
+from tests.conftest import report_of
+from tests.conftest import wait_for
+
+
+@pytest.fixture(params=[False], ids=["default"])
+def parked_app(
+    request: pytest.FixtureRequest, socket_dir: str
+) -> Iterator[tuple[Flask, threading.Event]]:
+    app = Flask("tracked")
+    app.config.update(
+        TESTING=True, UTD_SOCKET_DIR=socket_dir, UTD_CAPTURE_QUERY=request.param
+    )
+    app.register_blueprint(utd_bp)
+    release = threading.Event()
+
+    @app.get("/orders/<int:n>")
+    def order(n: int) -> str:
+        release.wait(30)
+        return "ok"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    yield app, release
+    release.set()
+    stop_agents()
+
+
+def _serve_in_thread(app: Flask, url: str, **kwargs: Any) -> threading.Thread:
+    def run() -> None:
+        app.test_client().get(url, **kwargs)
+
+    t = threading.Thread(target=run, name="serving")
+    t.start()
+    return t
+
+
+def _thread_of(t: threading.Thread) -> dict[str, Any]:
+    report = process_report(role="process", worker_id=None, agent_idents=())
+    return next(th for th in report["threads"] if th["ident"] == t.ident)
+
+
+def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: ignore[no-untyped-def]
+    app, release = parked_app
+    before = time.time()
+    t = _serve_in_thread(
+        app, "/orders/5?card=4111", headers={"X-Request-ID": "abc-123"}
+    )
+    me = wait_for(lambda: _thread_of(t)["request"])
+    assert me["method"] == "GET"
+    assert me["path"] == "/orders/5"  # no query string by default
+    assert me["endpoint"] == "order"
+    assert me["request_id"] == "abc-123"
+    started = datetime.fromisoformat(me["started_at"])
+    assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0
+    assert before - 1 <= started.timestamp() <= time.time()
+    later = wait_for(
+        lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r
+    )
+    assert later["started_at"] == me["started_at"]
+    release.set()
+    t.join(10)
+    assert t.ident not in tracking._current  # teardown forgot it
+
+
+@pytest.mark.parametrize("parked_app", [True], ids=["capture"], indirect=True)
+def test_query_string_only_when_asked(parked_app) -> None:  # type: ignore[no-untyped-def]
+    app, release = parked_app
+    t = _serve_in_thread(app, "/orders/5?page=2")
+    me = wait_for(lambda: _thread_of(t)["request"])
+    assert me["path"] == "/orders/5?page=2" and me["request_id"] is None
+    release.set()
+    t.join(10)
+
+
+def test_a_failing_request_is_forgotten_too(parked_app) -> None:  # type: ignore[no-untyped-def]
+    app, _ = parked_app
+    app.testing = False  # let Flask turn the error into a 500
+    assert app.test_client().get("/boom").status_code == 500
+    assert threading.get_ident() not in tracking._current
+
+
+def _get(url: str, request_id: str) -> None:
+    request = urllib.request.Request(url, headers={"X-Request-ID": request_id})
+    try:
+        urllib.request.urlopen(request, timeout=120).read()
+    except OSError:
+        pass  # the server is stopped under the request at the end of the test
+
+
+@pytest.mark.uwsgi
+def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> None:  # type: ignore[no-untyped-def]
+    """2 workers x 2 threads, 4 requests stuck in /hello: the summary lists all
+    four, oldest first, each on its worker and thread, at the app's line."""
+    binary = need_uwsgi()
+    server = servers.start(
+        binary,
+        [
+            "--module",
+            "tests.apps.plain:app",
+            "--master",
+            "--workers",
+            "2",
+            "--threads",
+            "2",
+            "--py-call-uwsgi-fork-hooks",
+            "--need-app",
+            "--die-on-term",
+        ],
+        env={"DEMO_UTD_SLOW_REQUEST": "0.5"},
+    )
+    for n in range(4):
+        threading.Thread(
+            target=_get,
+            args=(server.url("/hello?token=s3cret"), f"req-{n}"),
+            daemon=True,
+        ).start()
+        time.sleep(0.1)  # distinct start times, to check the order
+
+    def four_stuck() -> dict[str, Any] | None:
+        report = report_of(server, socket_dir, slow_after=0.5)
+        return report if len(report["summary"]["stuck_requests"]) == 4 else None
+
+    report = wait_for(four_stuck, timeout=30)
+    stuck = report["summary"]["stuck_requests"]
+    assert [s["elapsed_s"] for s in stuck] == sorted(
+        (s["elapsed_s"] for s in stuck), reverse=True
+    )
+    assert {s["pid"] for s in stuck} == {
+        p["pid"] for p in report["processes"] if p["role"] == "worker"
+    }
+    assert len({(s["pid"], s["ident"]) for s in stuck}) == 4
+    assert sorted(s["request_id"] for s in stuck) == [f"req-{n}" for n in range(4)]
+    for s in stuck:
+        assert (s["method"], s["path"], s["endpoint"]) == ("GET", "/hello", "hello")
+        assert s["role"] == "worker" and s["worker_id"] in (1, 2)
+        assert s["wait"] == "sleeping"
+        assert s["thread"].startswith("uWSGIWorker")  # a uWSGI core thread
+        assert s["app_frame"]["file"].endswith("tests/apps/plain.py")
+        assert s["app_frame"]["function"] == "hello"
+    assert "s3cret" not in str(report)
+    (group,) = [g for g in report["summary"]["stack_groups"] if g["count"] == 4]
+    assert group["processes"] == 2 and group["wait"] == "sleeping"
+
+    # The lean CLI's text opens with them.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask_utd",
+            "dump",
+            "--socket-dir",
+            socket_dir,
+            "--instance",
+            str(server.pid),
+            "--slow-after",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    head = out.stdout.split("Full dump:")[0]
+    assert head.splitlines()[3] == "Stuck requests (older than 0.5 s), oldest first:"
+    assert head.count("GET /hello (hello) in worker ") == 4
+    assert "4 threads in 2 workers: sleeping at " in head
