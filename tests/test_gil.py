@@ -174,3 +174,38 @@ def test_uwsgi_worker_holding_the_gil(servers: Servers, socket_dir: str) -> None
     assert "signal 11" not in server.log() and "DAMN" not in server.log()
     os.kill(server.pid, 0)
     assert signal.SIGRTMIN + 5 == SIGNAL
+
+
+@pytest.mark.parametrize("value", ["5", True, -1, 10_000, 5.0])
+def test_bad_signal_offset_fails_at_startup_naming_the_key(value: object) -> None:
+    from flask import Flask
+
+    from flask_utd import ConfigError
+    from flask_utd import utd_bp
+
+    app = Flask("x")
+    app.config["UTD_FAULTHANDLER_SIGNAL_OFFSET"] = value
+    with pytest.raises(ConfigError, match="UTD_FAULTHANDLER_SIGNAL_OFFSET"):
+        app.register_blueprint(utd_bp)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(5, SIGNAL), (0, "min"), (None, None)])
+def test_signal_offset(value: Any, expected: Any) -> None:
+    from flask_utd.config import load_settings
+
+    settings = load_settings({"UTD_FAULTHANDLER_SIGNAL_OFFSET": value})
+    if expected == "min":
+        expected = signal.SIGRTMIN
+    assert settings.fault_signal == expected
+    assert settings.fault_signal not in (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def test_socket_dir_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, socket_dir: str
+) -> None:
+    from flask_utd.config import default_socket_dirs
+    from flask_utd.config import load_settings
+
+    monkeypatch.setenv("UTD_SOCKET_DIR", socket_dir)
+    assert default_socket_dirs()[0] == socket_dir
+    assert load_settings({}).socket_dir == socket_dir
