@@ -73,8 +73,12 @@ def when_ready(server: Any) -> None:
     servers.set_place(place, arbiter=server)
     for settings in _settings():
         servers.start_for_place(settings, place)
-    # TODO(issue 3): start the admin listener of the arbiter here, for each of
-    # _settings(), so that GET /_utd/dump answers when every worker is stuck.
+    # TODO(issue 3): start the arbiter's admin listener here, so that
+    # GET /_utd/dump answers when every worker is stuck. It serves the app's
+    # blueprint, so it needs the app in the arbiter: with --preload, call
+    # admin.start_admin(app, settings.admin_listen) for each app loaded here
+    # (servers would keep the apps next to _loaded_settings); without
+    # --preload the arbiter has no app, and loading one here is --preload.
 
 
 def pre_fork(server: Any, worker: Any) -> None:

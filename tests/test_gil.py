@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from demo_app.server import children
 from flask_utd import faultdump
 from flask_utd.agent import start_agent
 from flask_utd.agent import stop_agents
@@ -24,6 +26,7 @@ from tests.conftest import report_of
 from tests.conftest import wait_for
 
 SIGNAL = faultdump.signal_for(5)
+_ROUTER = re.compile(r"spawned uWSGI http 1 \(pid: (\d+)\)")
 
 TEXT = """\
 Thread 0x00007fbedf7fc6c0 (most recent call first):
@@ -121,9 +124,13 @@ def test_uwsgi_worker_holding_the_gil(servers: Servers, socket_dir: str) -> None
             "2",
             "--py-call-uwsgi-fork-hooks",
             "--die-on-term",
+            # An http router too: a process the fallback must never signal.
+            *("--http", "127.0.0.1:0"),
         ],
         env={"DEMO_GIL_SECONDS": "20"},
     )
+    router = int(wait_for(lambda: _ROUTER.search(server.log()))[1])
+    assert router in children(server.pid)
     wait_for(
         lambda: (
             len(report_of(server, socket_dir)["processes"]) == 3
@@ -172,6 +179,9 @@ def test_uwsgi_worker_holding_the_gil(servers: Servers, socket_dir: str) -> None
         )
     )
     assert "signal 11" not in server.log() and "DAMN" not in server.log()
+    # The router has no faulthandler file, was never signalled, and lives on.
+    assert not os.path.exists(faultdump.fh_path(f"{socket_dir}/{server.pid}", router))
+    assert router in children(server.pid)
     os.kill(server.pid, 0)
     assert signal.SIGRTMIN + 5 == SIGNAL
 
