@@ -235,6 +235,10 @@ def sweep(directory: str) -> None:
     me = os.getpid()
     for name in names:
         base, ext = os.path.splitext(name)
+        if ext == ".new":
+            # A socket still being bound (see start_agent), by a process that
+            # may have been killed before it renamed it.
+            base, ext = os.path.splitext(base.split(".", 1)[0] + sockets.SOCKET_SUFFIX)
         if not base.isdigit() or int(base) == me:
             continue
         if ext in (sockets.SOCKET_SUFFIX, sockets.UNSAFE_SUFFIX, faultdump.FH_SUFFIX):
