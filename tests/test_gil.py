@@ -20,6 +20,7 @@ from demo_app.server import children
 from flask_utd import faultdump
 from flask_utd.agent import start_agent
 from flask_utd.agent import stop_agents
+from tests.conftest import SUPPORTED
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of
@@ -113,9 +114,12 @@ def _get(url: str, timeout: float = 60) -> str:
 
 
 @pytest.mark.uwsgi
-def test_uwsgi_worker_holding_the_gil(servers: Servers, socket_dir: str) -> None:
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_uwsgi_worker_holding_the_gil(
+    servers: Servers, socket_dir: str, version: str
+) -> None:
     server = servers.start(
-        need_uwsgi(),
+        need_uwsgi(version),
         [
             "--module",
             "tests.apps.plain:app",
