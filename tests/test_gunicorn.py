@@ -122,8 +122,10 @@ def test_every_process_answers_through_respawn_and_reload(
     victim = next(p for p in report["processes"] if p["worker_id"] == 1)
     os.kill(victim["pid"], signal.SIGKILL)
     wait_for(
-        lambda: victim["pid"] not in children(master)
-        and one_socket_per_live_process(socket_dir, master, 3)
+        lambda: (
+            victim["pid"] not in children(master)
+            and one_socket_per_live_process(socket_dir, master, 3)
+        )
     )
     report = complete_report(socket_dir, master, 2)
     assert victim["pid"] not in {p["pid"] for p in report["processes"]}
@@ -133,8 +135,10 @@ def test_every_process_answers_through_respawn_and_reload(
     before = children(master)
     os.kill(master, signal.SIGHUP)
     wait_for(
-        lambda: not (children(master) & before)
-        and one_socket_per_live_process(socket_dir, master, 3)
+        lambda: (
+            not (children(master) & before)
+            and one_socket_per_live_process(socket_dir, master, 3)
+        )
     )
     complete_report(socket_dir, master, 2, ids=[3, 4])
 
