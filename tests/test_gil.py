@@ -20,11 +20,15 @@ from demo_app.server import children
 from flask_utd import faultdump
 from flask_utd.agent import start_agent
 from flask_utd.agent import stop_agents
+from flask_utd.collector import collect
 from tests.conftest import SUPPORTED
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of
 from tests.conftest import wait_for
+from tests.lifecycle import layout
+from tests.test_gunicorn import Gunicorns
+from tests.test_gunicorn import gunicorns  # noqa: F401  (the fixture)
 
 SIGNAL = faultdump.signal_for(5)
 _ROUTER = re.compile(r"spawned uWSGI http 1 \(pid: (\d+)\)")
@@ -223,3 +227,39 @@ def test_socket_dir_from_the_environment(
     monkeypatch.setenv("UTD_SOCKET_DIR", socket_dir)
     assert default_socket_dirs()[0] == socket_dir
     assert load_settings({}).socket_dir == socket_dir
+
+
+def test_gunicorn_worker_holding_the_gil(gunicorns: Gunicorns, socket_dir: str) -> None:  # noqa: F811
+    server = gunicorns.start(
+        ["-w", "2", "tests.apps.plain:app"], env={"DEMO_GIL_SECONDS": "20"}
+    )
+    master = str(server.pid)
+    wait_for(lambda: layout(socket_dir, server.pid, count=2))
+    caller = threading.Thread(target=_get_quietly, args=(server.url("/gil"),))
+    caller.daemon = True
+    caller.start()
+
+    def stuck() -> dict[str, Any] | None:
+        report = collect(socket_dir, master, timeout=1.0)
+        bad = [p for p in report["processes"] if p["status"] != "ok"]
+        return bad[0] if bad else None
+
+    process = wait_for(stuck, timeout=20, interval=0.2)
+    assert process["status"] == "timeout" and "GIL" in process["error"]
+    assert process["role"] == "worker" and process["worker_id"] in (1, 2)
+    assert process["stacks_source"] == "faulthandler", process["error"]
+    innermost = [t["frames"][-1]["function"] for t in process["threads"] if t["frames"]]
+    assert "hold_the_gil" in innermost
+    caller.join(30)
+    wait_for(
+        lambda: all(
+            p["status"] == "ok" for p in collect(socket_dir, master)["processes"]
+        )
+    )
+
+
+def _get_quietly(url: str) -> None:
+    try:
+        _get(url)
+    except OSError:
+        pass
