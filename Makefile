@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 TEST_PYTHONS ?= 3.10 3.11 3.12 3.13
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pythons test demo lint bench clean
+.PHONY: venv pythons test demo lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
+# The documentation site, warnings as errors, into docs/_build/html.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
 demo: $(STAMP)
 	$(BIN)/python -m demo_app.run
 
 clean:
-	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache docs/_build

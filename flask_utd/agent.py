@@ -13,9 +13,14 @@ import atexit
 import json
 import logging
 import os
+import selectors
+import socket
 import threading
 import time
+import zlib
+from collections import deque
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import rpyc
@@ -28,7 +33,6 @@ from . import sockets
 from .config import MAX_LOCALS_FRAMES
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
-from .rpc import DeadlineStream
 from .snapshot import AGENT_THREAD_NAME
 from .snapshot import process_report
 
@@ -37,9 +41,23 @@ log = logging.getLogger("flask_utd")
 _rpyc_log = logging.getLogger("flask_utd.agent.rpyc")
 _rpyc_log.setLevel(logging.WARNING)
 
-#: How long one client may keep the agent busy. The agent serves one connection
-#: at a time, in its own thread.
+#: How many clients the agent serves at once (see :class:`AgentServer`).
+MAX_CLIENTS = 16
+#: How many of them may come from one process.
+MAX_CLIENTS_PER_PEER = 4
+#: How long a client has to send a complete request, after connecting or after
+#: its previous request, in seconds.
+REQUEST_DEADLINE = 1.0
+#: How long one connection may last, whatever the client does, in seconds.
 CONNECTION_DEADLINE = 5.0
+#: Largest RPyC frame the agent takes from a client, in bytes (also after
+#: decompression). A dump request is a few hundred bytes.
+MAX_FRAME = 64 * 1024
+_SEND_CHUNK = 256 * 1024
+_RECV_CHUNK = 64 * 1024
+#: Largest report one agent sends, in bytes of JSON (ASCII). A larger one has
+#: threads left out until it fits, and says so (``"report_truncated"``).
+MAX_REPORT_BYTES = 4 * 1024 * 1024
 #: Largest options payload a client may send to ``dump``.
 MAX_OPTIONS = 4096
 
@@ -109,6 +127,35 @@ def _locals_request(
     return LocalsRequest(frames, policy.reprs, policy.budget), None
 
 
+def _bounded_json(report: dict[str, Any]) -> str:
+    """``report`` as JSON text of at most :data:`MAX_REPORT_BYTES`: if it is
+    larger, threads are left out (the agent's own last) until it fits, and the
+    report says so with ``"threads_truncated"`` and ``"report_truncated"``."""
+    text = json.dumps(report, default=repr)
+    if len(text) <= MAX_REPORT_BYTES:
+        return text
+    threads = report["threads"]
+    others = [t for t in threads if not t.get("is_agent")]
+    agents = [t for t in threads if t.get("is_agent")]
+    already = report.get("threads_truncated", 0)
+    keep = len(others)
+    while True:
+        if keep:
+            keep //= 2
+            kept = others[:keep] + agents
+        else:
+            kept = []
+        smaller = dict(
+            report,
+            threads=kept,
+            threads_truncated=already + len(threads) - len(kept),
+            report_truncated=True,
+        )
+        text = json.dumps(smaller, default=repr)
+        if len(text) <= MAX_REPORT_BYTES or not kept:
+            return text
+
+
 class UTDService(rpyc.Service):  # type: ignore[misc]
     """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
 
@@ -144,7 +191,7 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
                 locals_request=locals_request,
                 locals_error=locals_error,
             )
-            return json.dumps(report, default=repr)
+            return _bounded_json(report)
         except Exception as err:  # the agent must answer, whatever happened
             log.exception("flask-utd: the dump of this process failed")
             return json.dumps(
@@ -164,35 +211,397 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
         )
 
 
-def _authenticate(sock: Any) -> tuple[Any, None]:
-    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``)."""
-    if not sockets.peer_allowed(sock):
+def _authenticate(sock: Any) -> tuple[Any, int]:
+    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``).
+
+    The credentials it returns are the peer's pid.
+    """
+    pid, uid, _gid = sockets.peer_credentials(sock)
+    if not sockets.uid_allowed(uid):
         raise AuthenticationError("peer uid is not allowed")
-    return sock, None
+    return sock, pid
+
+
+class _Outbox:
+    """The stream under a :class:`_LoopChannel`: what RPyC writes is kept for the
+    agent's loop to send when the socket can take it."""
+
+    MAX_IO_CHUNK = 64000
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def fileno(self) -> int:
+        raise EOFError("the agent's channels have no file")
+
+
+class _LoopChannel(Channel):  # type: ignore[misc]
+    """An RPyC channel fed by the agent's loop, which never blocks on a client.
+
+    The loop reads bytes, cuts them into frames itself (bounded in size, also
+    after decompression) and queues them here; RPyC only ever finds a complete
+    frame waiting. Anything that would wait for more from the client (a nested
+    request back to it) ends the connection instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_Outbox(), compress=True)
+        self.frames: deque[bytes] = deque()
+
+    def poll(self, timeout: Any) -> bool:
+        if self.frames:
+            return True
+        raise EOFError("the agent does not wait on a client")
+
+    def recv(self) -> bytes:
+        if not self.frames:
+            raise EOFError("the agent does not wait on a client")
+        return self.frames.popleft()
+
+
+class _Drop(Exception):
+    """This client is cut off: the reason, for the debug log."""
+
+
+@dataclass(eq=False)
+class _Client:
+    """One connection the agent serves."""
+
+    sock: socket.socket
+    #: The pid of the peer process (``SO_PEERCRED``).
+    peer: int
+    #: ``time.monotonic()`` at accept: the whole connection ends at
+    #: :data:`CONNECTION_DEADLINE` after it.
+    accepted: float
+    #: When the next complete request must have arrived.
+    request_due: float
+    #: When it was accepted or its last request was served.
+    quiet_since: float
+    inbox: bytearray = field(default_factory=bytearray)
+    channel: _LoopChannel = field(default_factory=lambda: _LoopChannel())
+    #: The RPyC connection, made at the first complete frame.
+    conn: Any = None
+    #: Whether a request of it was served.
+    served: bool = False
+
+    @property
+    def deadline(self) -> float:
+        return min(self.accepted + CONNECTION_DEADLINE, self.request_due)
+
+
+def _cut_frame(inbox: bytearray) -> bytes | None:
+    """Take the first complete RPyC frame off ``inbox``, or return ``None``.
+
+    A frame is a header ``"!LB"`` (length, compressed flag), the data, a newline
+    (:class:`rpyc.core.channel.Channel`).
+
+    :raises _Drop: the frame is larger than :data:`MAX_FRAME`, before or after
+        decompression, does not decompress, or is empty.
+    """
+    header = Channel.FRAME_HEADER
+    if len(inbox) < header.size:
+        return None
+    length, compressed = header.unpack_from(inbox)
+    if length > MAX_FRAME:
+        raise _Drop(f"a frame of {length} bytes (at most {MAX_FRAME})")
+    end = header.size + length + len(Channel.FLUSHER)
+    if len(inbox) < end:
+        return None
+    data = bytes(inbox[header.size : header.size + length])
+    del inbox[:end]
+    if compressed:
+        inflate = zlib.decompressobj()
+        try:
+            data = inflate.decompress(data, MAX_FRAME)
+        except zlib.error as err:
+            raise _Drop(f"a frame that does not decompress ({err})") from err
+        if inflate.unconsumed_tail:
+            raise _Drop(f"a frame of more than {MAX_FRAME} bytes decompressed")
+    if not data:
+        raise _Drop("an empty frame")
+    return data
 
 
 class AgentServer(Server):  # type: ignore[misc]
-    """An RPyC server that serves one connection at a time in its own thread.
+    """The agent's RPyC server: one thread, one poll loop, a few clients at once.
 
-    One thread is the whole agent: no thread is started per connection, and each
-    connection is cut at :data:`CONNECTION_DEADLINE`.
+    The loop in :meth:`start` waits on the listening socket and on every client
+    with a selector, and never blocks on any one client: it reads what a client
+    sent, cuts it into frames itself, lets RPyC answer each complete frame (the
+    dump runs right there, in the agent thread), and sends the answer as the
+    client takes it. So:
+
+    - at most :data:`MAX_CLIENTS` clients are served at once, at most
+      :data:`MAX_CLIENTS_PER_PEER` of one process; when a new client finds no
+      place, the oldest client that has not sent a complete request yet (of the
+      same process if that one has its share) is closed to make room, else the
+      client quiet longest; when every client waits for an answer to be sent,
+      the new client is closed;
+    - a client must send each complete request within :data:`REQUEST_DEADLINE`
+      (of connecting, or of its previous request), and is cut at
+      :data:`CONNECTION_DEADLINE` whatever it does;
+    - a frame larger than :data:`MAX_FRAME` (also after decompression), bytes
+      that are not RPyC, and a peer of another uid end the connection at once.
     """
 
-    def _accept_method(self, sock: Any) -> None:
-        try:
-            self._authenticate_and_serve_client(sock)
-        finally:
-            # RPyC leaves a rejected peer's socket open.
-            sock.close()
+    active: bool
+    _closed: bool
 
-    def _serve_client(self, sock: Any, credentials: Any) -> None:
-        config = dict(self.protocol_config, credentials=credentials, logger=self.logger)
-        stream = DeadlineStream(sock, time.monotonic() + CONNECTION_DEADLINE)
-        conn = self.service._connect(Channel(stream), config)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: set[_Client] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._close_lock = threading.Lock()
+        self._looping = False
+
+    # -- the loop ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve until :meth:`close` (run in the agent thread)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._looping = True
         try:
-            conn.serve_all()
+            self._listen()
+            self.listener.setblocking(False)
+            self._selector.register(self.listener, selectors.EVENT_READ, "listener")
+            self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while self.active:
+                try:
+                    self._turn()
+                except Exception:
+                    # A bug must not end the agent: say so, breathe, go on.
+                    if self.active:
+                        log.exception("flask-utd: error in the agent's loop")
+                        time.sleep(0.1)
+        except Exception:
+            if self.active:
+                log.exception("flask-utd: the agent stopped on an error")
         finally:
-            conn.close()
+            with self._close_lock:
+                self._looping = False
+                self._close_all()
+
+    def _turn(self) -> None:
+        """One turn of the loop: wait for the next event or deadline, handle it."""
+        now = time.monotonic()
+        due = min((c.deadline for c in self._clients), default=now + 1.0)
+        events = self._selector.select(max(0.0, min(due - now, 1.0)))
+        accept = False
+        # Clients first: a request already here is answered before new
+        # connections can take its place.
+        for key, mask in events:
+            if key.data == "listener":
+                accept = True
+            elif key.data == "wake":
+                try:
+                    self._wake_r.recv(64)
+                except OSError:
+                    pass
+            elif isinstance(key.data, _Client):
+                client = key.data
+                try:
+                    if mask & selectors.EVENT_READ:
+                        self._receive(client)
+                    else:
+                        self._pump(client)
+                except (_Drop, OSError, EOFError) as err:
+                    self._drop(client, str(err))
+                except Exception:
+                    log.exception("flask-utd: the agent failed to serve a client")
+                    self._drop(client, "an error in the agent")
+        if accept and self.active:
+            self._accept_some()
+        now = time.monotonic()
+        for client in list(self._clients):
+            if client.deadline <= now:
+                self._drop(client, "its deadline passed")
+
+    def _accept_some(self) -> None:
+        # A bounded batch, so that a flood cannot keep the loop from its clients.
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if self.active:
+                    log.debug("flask-utd: the agent's accept failed: %s", err)
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            sock, peer = self.authenticator(sock)
+        except (AuthenticationError, OSError) as err:
+            log.debug("flask-utd: the agent refused a peer: %s", err)
+            sock.close()
+            return
+        # Room is made by closing a client that waits for nothing from the
+        # agent, of the same peer process when that one has its share, else of
+        # anyone when the agent is full: first one that never sent a complete
+        # request, oldest first, then the one that has been quiet longest. A
+        # flood from one process so evicts itself, while the collector (another
+        # process) gets through.
+        mine = [c for c in self._clients if c.peer == peer]
+        if len(mine) >= MAX_CLIENTS_PER_PEER:
+            candidates = mine
+        elif len(self._clients) >= MAX_CLIENTS:
+            candidates = list(self._clients)
+        else:
+            candidates = []
+        if candidates:
+            idle = [c for c in candidates if not c.channel.stream.data]
+            if not idle:
+                log.debug("flask-utd: the agent is busy; a new client was closed")
+                sock.close()
+                return
+            victim = min(idle, key=lambda c: (c.served, c.quiet_since))
+            self._drop(victim, "room for a new client")
+        now = time.monotonic()
+        client = _Client(
+            sock=sock,
+            peer=peer,
+            accepted=now,
+            request_due=now + REQUEST_DEADLINE,
+            quiet_since=now,
+        )
+        self._clients.add(client)
+        self._selector.register(sock, selectors.EVENT_READ, client)
+        try:
+            # The request of a client that writes right after connecting is
+            # often already here: answer it before anything can evict it.
+            self._receive(client)
+        except (_Drop, OSError, EOFError) as err:
+            self._drop(client, str(err))
+        except Exception:
+            log.exception("flask-utd: the agent failed to serve a client")
+            self._drop(client, "an error in the agent")
+
+    def _connection(self, client: _Client) -> Any:
+        """The client's RPyC connection, made at its first complete frame (a
+        flood of connections that send nothing costs no RPyC objects)."""
+        if client.conn is None:
+            config = dict(self.protocol_config, credentials=client.peer)
+            client.conn = self.service._connect(client.channel, config)
+        return client.conn
+
+    def _receive(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(_RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise _Drop("the client closed the connection")
+        client.inbox += data
+        self._pump(client)
+
+    def _pump(self, client: _Client) -> None:
+        """Send what is waiting; when nothing is, answer the next complete request.
+
+        One request at a time, and nothing is read from a client while an answer
+        to it waits to be sent: a client that asks without reading holds one
+        answer in memory, not many.
+        """
+        out = client.channel.stream.data
+        while True:
+            while out:
+                try:
+                    sent = client.sock.send(out[:_SEND_CHUNK], socket.MSG_NOSIGNAL)
+                except (BlockingIOError, InterruptedError):
+                    break
+                del out[:sent]
+            if out:
+                break
+            frame = _cut_frame(client.inbox)
+            if frame is None:
+                break
+            client.channel.frames.append(frame)
+            conn = self._connection(client)
+            try:
+                conn.serve(0)
+            except Exception as err:
+                raise _Drop(f"not an RPyC request ({type(err).__name__})") from err
+            if conn.closed:
+                raise _Drop("the client asked to close")
+            client.served = True
+            client.quiet_since = time.monotonic()
+            client.request_due = client.quiet_since + REQUEST_DEADLINE
+        events = selectors.EVENT_WRITE if out else selectors.EVENT_READ
+        if self._selector.get_key(client.sock).events != events:
+            self._selector.modify(client.sock, events, client)
+
+    def _drop(self, client: _Client, why: str) -> None:
+        log.debug("flask-utd: the agent closes a client: %s", why)
+        self._clients.discard(client)
+        try:
+            self._selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.sock.close()
+        client.channel.frames.clear()
+        if client.conn is not None:
+            try:
+                # RPyC's close asks the peer to close too; the channel refuses
+                # to wait for its answer, and the socket is already closed.
+                client.conn.close()
+            except Exception:
+                pass
+
+    # -- stopping ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop serving: the loop closes the listener and every client on its way
+        out (or this does, when no loop runs)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self.active = False
+            if self._looping:
+                try:
+                    self._wake_w.send(b"x")
+                except OSError:
+                    pass
+                return
+            self._close_all()
+
+    def _close_all(self) -> None:
+        if self._closed:
+            return
+        self.active = False
+        for client in list(self._clients):
+            self._drop(client, "the agent stops")
+        self._selector.close()
+        self.listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._closed = True
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close the copies of the parent's sockets, sending
+        nothing; the parent's loop goes on serving them."""
+        self.active = False
+        self._closed = True
+        for client in self._clients:
+            client.sock.close()
+        self._clients.clear()
+        for closable in (self._selector, self.listener, self._wake_r, self._wake_w):
+            try:
+                closable.close()
+            except OSError:
+                pass
 
 
 def _forget_inherited() -> None:
@@ -202,10 +611,7 @@ def _forget_inherited() -> None:
     for path, agent in list(_agents.items()):
         if agent.pid != pid:
             del _agents[path]
-            try:
-                agent.server.listener.close()
-            except OSError:
-                pass
+            agent.server.forget_in_child()
 
 
 def _cleanup() -> None:

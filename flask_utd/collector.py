@@ -110,8 +110,9 @@ def ask(
             pid,
             "refused",
             f"the agent of process {pid} closed the connection without answering:"
-            " it accepts only this user and root, so run the command as the"
-            " server's user; or the process was exiting (a worker being replaced).",
+            " it accepts only this user and root (run the command as the server's"
+            " user), and turns new clients away while it is busy with others (try"
+            " again); or the process was exiting (a worker being replaced).",
         )
     except Exception as err:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")

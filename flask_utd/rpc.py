@@ -50,6 +50,9 @@ CLIENT_CONFIG: dict[str, Any] = {
 }
 
 
+_CONNECT_RETRY = 0.002
+
+
 class DeadlineStream(SocketStream):  # type: ignore[misc]
     """A socket stream that fails with ``EOFError`` once ``deadline`` has passed.
 
@@ -118,11 +121,18 @@ def connect(path: str, deadline: float) -> Any:
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise EOFError("the connection's deadline has passed")
-        sock.settimeout(left)
-        sock.connect(path)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EOFError("the connection's deadline has passed")
+            sock.settimeout(left)
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:
+                # The agent's listen queue is full (a flood of connections):
+                # a Unix socket says so at once instead of waiting.
+                time.sleep(min(_CONNECT_RETRY, max(left, 0)))
     except BaseException:
         sock.close()
         raise

@@ -10,17 +10,26 @@ claims.
 from __future__ import annotations
 
 import math
+import re
 import time
 
+from itsdangerous import BadData
 from itsdangerous import BadSignature
 from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode
+from itsdangerous.encoding import base64_encode
 
 from .errors import UTDError
 
 #: The salt that keeps these tokens from being valid for anything else signed
 #: with the same secret (sessions, other extensions).
 SALT = "flask-utd.dump"
+#: Longest token accepted; the tokens made here are about 60 characters.
+MAX_TOKEN_CHARS = 512
+#: payload.timestamp.signature, URL-safe base64 each (a leading "." marks a
+#: compressed payload).
+_TOKEN_SHAPE = re.compile(r"\.?[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class BadToken(UTDError):
@@ -29,6 +38,24 @@ class BadToken(UTDError):
 
 def _serializer(secret_key: str | bytes) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret_key, salt=SALT)
+
+
+def _canonical(token: str) -> bool:
+    """Whether ``token`` is exactly as :func:`make_token` writes tokens.
+
+    itsdangerous's base64 decoding skips characters outside the alphabet and
+    the unused low bits of the last character, so that many strings carry one
+    valid signature. Only the one that was issued is accepted here.
+    """
+    if len(token) > MAX_TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(token):
+        return False
+    try:
+        return all(
+            base64_encode(base64_decode(part)).decode("ascii") == part
+            for part in token.lstrip(".").split(".")
+        )
+    except BadData:
+        return False
 
 
 def make_token(secret_key: str | bytes, expires_in: float) -> str:
@@ -48,6 +75,8 @@ def check_token(secret_key: str | bytes, token: str | None, max_age: float) -> N
     """
     if not token:
         raise BadToken("missing token")
+    if not _canonical(token):
+        raise BadToken("invalid token")
     try:
         # Signing times are whole seconds, so an age is over ``max_age`` exactly
         # when it is over its floor (and itsdangerous takes an int).
@@ -56,7 +85,7 @@ def check_token(secret_key: str | bytes, token: str | None, max_age: float) -> N
         raise BadToken("expired token") from err
     except BadSignature as err:
         raise BadToken("invalid token") from err
-    if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int):
+    if not isinstance(payload, dict) or type(payload.get("exp")) is not int:
         raise BadToken("invalid token")
     if payload["exp"] < time.time():
         raise BadToken("expired token")

@@ -22,6 +22,23 @@ from .frame_locals import collect_locals
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
 
+#: Most frames given for one thread: the innermost ones (where the thread is
+#: now). A thread with more has ``"frames_truncated"``: how many outer frames
+#: were left out.
+MAX_FRAMES = 200
+#: Most threads given for one process; the agent's threads are always given.
+#: A process with more has ``"threads_truncated"``: how many were left out.
+MAX_THREADS = 500
+#: Longest source line given as a frame's ``"code"``; a longer one is cut and
+#: ends with "...".
+MAX_CODE_CHARS = 200
+
+
+class ThreadReports(list[dict[str, Any]]):
+    """The thread entries of a process, and how many threads were left out."""
+
+    omitted: int = 0
+
 
 def live_native_ids() -> set[int] | None:
     """The native ids of the threads this process really has (``/proc/self/task``)."""
@@ -52,14 +69,18 @@ def ghost_threads() -> list[threading.Thread]:
 
 def _frame_stack(
     frame: FrameType | None,
-) -> tuple[list[dict[str, Any]], list[FrameType]]:
+) -> tuple[list[dict[str, Any]], list[FrameType], int]:
+    """The innermost :data:`MAX_FRAMES` frames, outermost first, their frame
+    objects, and how many outer frames were left out (counted, not read)."""
     frames: list[dict[str, Any]] = []
     objects: list[FrameType] = []
-    while frame is not None:
+    while frame is not None and len(frames) < MAX_FRAMES:
         objects.append(frame)
         code = frame.f_code
         lineno = frame.f_lineno or code.co_firstlineno
         line = linecache.getline(code.co_filename, lineno).strip()
+        if len(line) > MAX_CODE_CHARS:
+            line = line[: MAX_CODE_CHARS - 3] + "..."
         frames.append(
             {
                 "file": code.co_filename,
@@ -69,9 +90,13 @@ def _frame_stack(
             }
         )
         frame = frame.f_back
+    omitted = 0
+    while frame is not None:
+        omitted += 1
+        frame = frame.f_back
     frames.reverse()
     objects.reverse()
-    return frames, objects
+    return frames, objects, omitted
 
 
 def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
@@ -87,7 +112,7 @@ def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int |
 
 def thread_reports(
     agent_idents: Collection[int], locals_request: LocalsRequest | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[ThreadReports, dict[str, Any] | None]:
     """One entry per thread that ``sys._current_frames()`` knows, and the report's
     ``locals`` entry when locals were asked for.
 
@@ -104,12 +129,21 @@ def thread_reports(
     now = time.monotonic()
     current = sys._current_frames()
     with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
+    threads = ThreadReports()
     try:
-        threads: list[dict[str, Any]] = []
+        # Beyond MAX_THREADS: the main thread, then the oldest (Python lists
+        # the newest first), and always the agent's own.
+        main = threading.main_thread().ident
+        others = [i for i in reversed(current) if i not in agent_idents]
+        others.sort(key=lambda i: i != main)
+        kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
+        threads.omitted = len(current) - len(kept)
         for ident, frame in current.items():
+            if ident not in kept:
+                continue
             thread = by_ident.get(ident)
             native_id = _native_id(thread, tasks)
-            frames, objects = _frame_stack(frame)
+            frames, objects, omitted = _frame_stack(frame)
             os_state, wchan = waits.os_state(native_id)
             wait, wait_frame = waits.infer(
                 frames, calling=waits.in_call(frame), os_state=os_state
@@ -118,22 +152,23 @@ def thread_reports(
             if wait == "waiting-lock" and frames:
                 owner = waits.lock_owner(frame, frames[-1]["code"], ident)
             is_agent = ident in agent_idents
-            threads.append(
-                {
-                    "ident": ident,
-                    "native_id": native_id,
-                    "name": thread.name if thread else f"<thread {ident}>",
-                    "daemon": thread.daemon if thread else None,
-                    "is_agent": is_agent,
-                    "request": tracking.request_of(ident, now),
-                    "wait": wait,
-                    "wait_frame": wait_frame,
-                    "os_state": os_state,
-                    "wchan": wchan,
-                    "lock_owner": owner,
-                    "frames": frames,
-                }
-            )
+            entry: dict[str, Any] = {
+                "ident": ident,
+                "native_id": native_id,
+                "name": thread.name if thread else f"<thread {ident}>",
+                "daemon": thread.daemon if thread else None,
+                "is_agent": is_agent,
+                "request": tracking.request_of(ident, now),
+                "wait": wait,
+                "wait_frame": wait_frame,
+                "os_state": os_state,
+                "wchan": wchan,
+                "lock_owner": owner,
+                "frames": frames,
+            }
+            if omitted:
+                entry["frames_truncated"] = omitted
+            threads.append(entry)
             if locals_request is not None and not is_agent:
                 with_locals.append((frames, objects))
         locals_entry = None
@@ -181,7 +216,10 @@ def process_report(
         report["status"] = "unsafe"
         report["error"] = unsafe
         return report
-    report["threads"], locals_entry = thread_reports(agent_idents, locals_request)
+    threads, locals_entry = thread_reports(agent_idents, locals_request)
+    report["threads"] = threads
+    if threads.omitted:
+        report["threads_truncated"] = threads.omitted
     if locals_error is not None:
         report["locals"] = {"error": locals_error}
     elif locals_entry is not None:

@@ -27,6 +27,9 @@ UNSAFE_SUFFIX = ".unsafe"
 _PEERCRED = struct.Struct("3i")
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def ensure_private_dir(path: str) -> str:
     """Create ``path`` with mode 0700, or check that an existing one is private.
 
@@ -34,39 +37,109 @@ def ensure_private_dir(path: str) -> str:
     never more open than that. An existing one must be a real directory (not a
     symlink), owned by this user, with no group or other permissions.
 
+    Every directory on the way there must belong to this user or to root and be
+    writable by no one else (unless it is sticky, as ``/tmp`` is): whoever can
+    write a directory can replace what is in it. The way is walked one directory
+    at a time without following symlinks (``O_NOFOLLOW``); a symlink in the path
+    as given is resolved first, and then held to the same rule, so it cannot
+    lead into someone else's directory. Missing directories on the way are
+    created with mode 0700.
+
     :raises SocketDirError: the path cannot be used; the message says what to do.
     """
-    parent = os.path.dirname(path)
-    if parent and not os.path.isdir(parent):
+    path = os.path.abspath(path)
+    if os.path.islink(path):
+        raise SocketDirError(
+            f"the socket directory {path!r} is a symlink; remove it or set"
+            " UTD_SOCKET_DIR to the directory it points to."
+        )
+    real = os.path.realpath(path)
+    parent, leaf = os.path.split(real)
+    fd = _walk(parent, path)
+    try:
         try:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(leaf, 0o700, dir_fd=fd)
+        except FileExistsError:
+            pass
         except OSError as err:
             raise SocketDirError(
-                f"cannot create {parent!r} for the agent sockets ({err.strerror});"
+                f"cannot create the socket directory {path!r} ({err.strerror});"
                 " set UTD_SOCKET_DIR to a directory this user can write."
             ) from err
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise SocketDirError(
-            f"cannot create the socket directory {path!r} ({err.strerror});"
-            " set UTD_SOCKET_DIR to a directory this user can write."
-        ) from err
-    check_private_dir(path)
+        try:
+            leaf_fd = os.open(leaf, _DIR_FLAGS, dir_fd=fd)
+        except OSError as err:
+            raise SocketDirError(
+                f"the socket directory {path!r} is not a directory (or is a"
+                " symlink); remove it or set UTD_SOCKET_DIR to another path."
+            ) from err
+        try:
+            _check_private(os.fstat(leaf_fd), path)
+        finally:
+            os.close(leaf_fd)
+    finally:
+        os.close(fd)
     return path
 
 
-def check_private_dir(path: str) -> None:
-    """Raise :class:`SocketDirError` unless ``path`` is a private directory of ours."""
+def _walk(directory: str, wanted: str) -> int:
+    """Open ``directory`` (a real, absolute path) one component at a time, never
+    following a symlink, creating missing components with mode 0700, and check
+    each on the way (:func:`_check_on_the_way`). Returns an open descriptor."""
+    fd = os.open("/", _DIR_FLAGS)
+    here = "/"
     try:
-        st = os.lstat(path)
-    except OSError as err:
+        _check_on_the_way(os.fstat(fd), here, wanted)
+        for name in directory.strip("/").split("/"):
+            if not name:
+                continue
+            here = os.path.join(here, name)
+            try:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as err:
+                    raise SocketDirError(
+                        f"cannot create {here!r} for the agent sockets"
+                        f" ({err.strerror}); set UTD_SOCKET_DIR to a directory"
+                        " this user can write."
+                    ) from err
+            except OSError as err:
+                # ELOOP: a symlink appeared since the path was resolved.
+                raise SocketDirError(
+                    f"{here!r}, on the way to the socket directory {wanted!r}, is"
+                    f" not a directory or was replaced by a symlink ({err.strerror})."
+                ) from err
+            os.close(fd)
+            fd = next_fd
+            _check_on_the_way(os.fstat(fd), here, wanted)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_on_the_way(st: os.stat_result, here: str, wanted: str) -> None:
+    if st.st_uid not in (0, os.geteuid()):
         raise SocketDirError(
-            f"the socket directory {path!r} cannot be read ({err.strerror})."
-        ) from err
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            f"{here!r}, on the way to the socket directory {wanted!r}, belongs to"
+            f" uid {st.st_uid}, who could replace the sockets in it; set"
+            " UTD_SOCKET_DIR to a path whose directories belong to this user or"
+            " root."
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise SocketDirError(
+            f"{here!r}, on the way to the socket directory {wanted!r}, has mode"
+            f" {stat.S_IMODE(st.st_mode):o}: others can replace what is in it. Run"
+            f" `chmod go-w {here}` (or `chmod +t`), or set UTD_SOCKET_DIR to"
+            " another path."
+        )
+
+
+def _check_private(st: os.stat_result, path: str) -> None:
+    if not stat.S_ISDIR(st.st_mode):
         raise SocketDirError(
             f"the socket directory {path!r} is not a directory (or is a symlink);"
             " remove it or set UTD_SOCKET_DIR to another path."
@@ -81,6 +154,23 @@ def check_private_dir(path: str) -> None:
             f"the socket directory {path!r} has mode {stat.S_IMODE(st.st_mode):o};"
             f" it must be private: run `chmod 700 {path}` or remove it."
         )
+
+
+def check_private_dir(path: str) -> None:
+    """Raise :class:`SocketDirError` unless ``path`` is a private directory of ours
+    (the directory itself, not the way to it: see :func:`ensure_private_dir`)."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise SocketDirError(
+            f"the socket directory {path!r} cannot be read ({err.strerror})."
+        ) from err
+    if stat.S_ISLNK(st.st_mode):
+        raise SocketDirError(
+            f"the socket directory {path!r} is not a directory (or is a symlink);"
+            " remove it or set UTD_SOCKET_DIR to another path."
+        )
+    _check_private(st, path)
 
 
 def instance_dir(socket_dir: str, instance: str) -> str:
@@ -201,14 +291,24 @@ def remove_if_stale(path: str) -> bool:
     return True
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a connected Unix
+    socket (``SO_PEERCRED``: as they were when it connected)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return int(pid), int(uid), int(gid)
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a connected Unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(raw)
-    return int(uid)
+    return peer_credentials(sock)[1]
+
+
+def uid_allowed(uid: int) -> bool:
+    """Whether a peer of ``uid`` may connect: this process's uid, or root."""
+    return uid == os.geteuid() or uid == 0
 
 
 def peer_allowed(sock: socket.socket) -> bool:
     """Whether the peer runs as this process's uid, or as root."""
-    uid = peer_uid(sock)
-    return uid == os.geteuid() or uid == 0
+    return uid_allowed(peer_uid(sock))
