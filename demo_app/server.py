@@ -128,3 +128,56 @@ def ini_without_address(dest: Path, ini: Path = ROOT / "uwsgi.ini") -> list[str]
     ]
     dest.write_text("\n".join(lines) + "\n")
     return ["--ini", str(dest)]
+
+
+_GUNICORN_PORT = re.compile(rb"Listening at: http://127\.0\.0\.1:(\d+)")
+
+
+class GunicornServer(UwsgiServer):
+    """A gunicorn server started as a subprocess, like :class:`UwsgiServer`.
+
+    :param gunicorn: the ``gunicorn`` script (its Python is the one the app runs on).
+    :param options: gunicorn options and the app (``-c conf.py -w 2 app:app``).
+    """
+
+    def start(self, timeout: float = 30.0) -> GunicornServer:
+        """Start the server and wait until it listens."""
+        argv = [self.uwsgi, "--bind", "127.0.0.1:0", *self.options]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=str(ROOT),
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _GUNICORN_PORT.search(self.log_path.read_bytes())
+            if match:
+                self.port = int(match.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start; its log:\n{self.log()}")
+
+
+def children(pid: int) -> set[int]:
+    """The PIDs of the live (not zombie) children of ``pid``, from ``/proc``."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.add(int(name))
+    return found

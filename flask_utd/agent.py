@@ -28,6 +28,7 @@ from rpyc.core import Channel
 from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import Server
 
+from . import faultdump
 from . import sockets
 from .config import MAX_LOCALS_FRAMES
 from .frame_locals import LocalsRequest
@@ -627,6 +628,36 @@ def _cleanup() -> None:
                 os.unlink(agent.path)
             except OSError:
                 pass
+    faultdump.unregister()
+
+
+def sweep(directory: str) -> None:
+    """Remove what processes of this instance that are gone left behind.
+
+    A worker killed by SIGKILL or harakiri runs no atexit, and nothing in the
+    uWSGI master runs when one dies: the next process to start its agent
+    clears their sockets and notes. Only files of PIDs that no longer exist go;
+    a live process's socket is never touched (it may be binding right now).
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    me = os.getpid()
+    for name in names:
+        base, ext = os.path.splitext(name)
+        if ext == ".new":
+            # A socket still being bound (see start_agent), by a process that
+            # may have been killed before it renamed it.
+            base, ext = os.path.splitext(base.split(".", 1)[0] + sockets.SOCKET_SUFFIX)
+        if not base.isdigit() or int(base) == me:
+            continue
+        if ext in (sockets.SOCKET_SUFFIX, sockets.UNSAFE_SUFFIX, faultdump.FH_SUFFIX):
+            if not sockets.pid_alive(int(base)):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
 
 
 def start_agent(
@@ -636,6 +667,7 @@ def start_agent(
     role: str,
     worker_id: int | None,
     unsafe: str | None = None,
+    fault_signal: int | None = None,
     locals_policy: LocalsRequest | None = None,
 ) -> Agent:
     """Start this process's agent for ``socket_dir`` unless it already runs.
@@ -645,6 +677,9 @@ def start_agent(
     :param role: ``"master"``, ``"worker"`` or ``"process"``.
     :param worker_id: the server's number for this worker, or ``None``.
     :param unsafe: why this process's stacks cannot be read safely, if so.
+    :param fault_signal: register :mod:`faulthandler` on this signal, writing
+        into this process's ``<pid>.fh`` (not in an unsafe process, where it could
+        read the parent's thread states).
     :param locals_policy: what a dump that asks for locals gets; ``None`` (the
         default) refuses locals. Apps that share a socket directory in one
         process share its agent: the first one to start it decides.
@@ -659,11 +694,13 @@ def start_agent(
         if existing is not None:
             return existing
         sockets.ensure_private_dir(socket_dir)
-        sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
-        # Bound under a name no collector lists, and renamed into place once it
-        # listens: a collector that met the socket bound but not yet listening
-        # would take it for a stale one and remove it.
-        binding = path + ".binding"
+        directory = sockets.instance_dir(socket_dir, instance)
+        sockets.ensure_private_dir(directory)
+        sweep(directory)
+        # Bound under a temporary name and renamed once it listens, so that the
+        # socket is never seen bound but refusing (which a collector would take
+        # for a stale socket and remove).
+        binding = f"{path}.{os.getpid()}.new"
         for leftover in (path, binding):
             try:
                 # Left by an earlier process with our PID: no one can listen on it.
@@ -690,6 +727,17 @@ def start_agent(
         os.rename(binding, path)
         thread.start()
         _agents[path] = agent
+        if fault_signal is not None and unsafe is None:
+            try:
+                faultdump.register(
+                    directory,
+                    fault_signal,
+                    thread.ident,
+                    role=role,
+                    worker_id=worker_id,
+                )
+            except (OSError, ValueError, RuntimeError):
+                log.exception("flask-utd: faulthandler could not be registered")
         if _atexit_pid != pid:
             atexit.register(_cleanup)
             _atexit_pid = pid
@@ -710,6 +758,7 @@ def stop_agents() -> None:
                 except OSError:
                     pass
             del _agents[path]
+        faultdump.unregister()
 
 
 def leave_unsafe_note(
@@ -734,6 +783,7 @@ def after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _forget_inherited()
+    faultdump.forget_inherited()
 
 
 os.register_at_fork(after_in_child=after_fork_in_child)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from . import faultdump
 from . import sockets
 from . import wire
 from .errors import InstanceNotFound
@@ -24,7 +25,12 @@ from .summary import summarize
 SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
 MARGIN = 0.25
-_ROLE_ORDER = {"master": 0, "worker": 1, "process": 2}
+_ROLE_ORDER = {"master": 0, "worker": 1, "mule": 2, "spooler": 3, "process": 4}
+#: Part of the deadline kept for the faulthandler fallback: a process that has
+#: not answered by ``timeout - FALLBACK_SHARE * timeout`` (at most
+#: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
+FALLBACK_SHARE = 0.25
+FALLBACK_MAX = 0.5
 #: The default of ``UTD_SLOW_REQUEST`` (``config.DEFAULTS``; a test keeps them
 #: equal), here so that the lean command need not import :mod:`flask_utd.config`.
 SLOW_AFTER = 5.0
@@ -75,8 +81,14 @@ def ask(
     """
     try:
         conn = wire.Connection(path, deadline)
-    except ConnectionRefusedError:
-        if sockets.remove_if_stale(path):
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Gone if nobody listens, or if its socket was removed meanwhile (the
+        # process exited, or the server's hooks cleaned up after it).
+        if sockets.remove_if_stale(path) or not os.path.lexists(path):
+            try:
+                os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
+            except OSError:
+                pass
             return _entry(
                 pid,
                 "stale",
@@ -96,14 +108,21 @@ def ask(
         return _entry(pid, "timeout", _timeout_message(pid, timeout))
     except (EOFError, ConnectionResetError, BrokenPipeError):
         # The agent hangs up on a peer of another uid (SO_PEERCRED), and on a
-        # client it has no room for.
+        # client it has no room for; or the process is exiting.
+        if _exited(pid, path):
+            return _entry(
+                pid,
+                "stale",
+                f"process {pid} exited while it was asked (a worker being replaced"
+                " or killed). If it was a worker, the server starts a new one.",
+            )
         return _entry(
             pid,
             "refused",
             f"the agent of process {pid} closed the connection without answering:"
             " it accepts only this user and root (run the command as the server's"
             " user), and turns new clients away while it is busy with others (try"
-            " again).",
+            " again); or the process was exiting (a worker being replaced).",
         )
     except Exception as err:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
@@ -116,6 +135,54 @@ def ask(
     except (TypeError, ValueError) as err:
         return _entry(pid, "error", f"process {pid} answered with a bad report: {err}.")
     return report
+
+
+def ask_or_fallback(
+    entry: sockets.Entry,
+    deadline: float,
+    final: float,
+    timeout: float,
+    options: str,
+    fallback: bool,
+) -> dict[str, Any]:
+    """:func:`ask`; if the process misses ``deadline``, get its stacks from
+    faulthandler by ``final`` (see :mod:`flask_utd.faultdump`)."""
+    report = ask(entry.path, entry.pid, deadline, timeout, options)
+    if report["status"] != "timeout" or not fallback:
+        return report
+    directory = os.path.dirname(entry.path)
+    threads, note = faultdump.fallback_stacks(directory, entry.pid, final)
+    report["error"] = f"{report['error']} Fallback: {note}"
+    if threads is not None:
+        report["threads"] = threads
+        report["stacks_source"] = "faulthandler"
+        header = _fh_header(directory, entry.pid)
+        if header is not None:
+            report["role"] = header.get("role", report["role"])
+            report["worker_id"] = header.get("worker_id", report["worker_id"])
+    return report
+
+
+def _fh_header(directory: str, pid: int) -> dict[str, Any] | None:
+    try:
+        with open(faultdump.fh_path(directory, pid), "rb") as f:
+            header = json.loads(f.readline(4096))
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _exited(pid: int, path: str) -> bool:
+    """Whether process ``pid`` is gone or exiting: its socket was removed (at
+    exit, or by the server's hooks), or it is dead or a zombie."""
+    if not os.path.lexists(path) or not sockets.pid_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X", b"")
 
 
 def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
@@ -136,10 +203,15 @@ def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
 
 
 def _ask_all(
-    asked: list[sockets.Entry], deadline: float, timeout: float, options: str
+    asked: list[sockets.Entry],
+    deadline: float,
+    final: float,
+    timeout: float,
+    options: str,
+    fallback: bool,
 ) -> list[tuple[int, dict[str, Any] | None]]:
-    """Ask every agent at once, one daemon thread each; ``None`` for those that
-    have not answered by ``deadline`` plus :data:`MARGIN`.
+    """Ask every agent at once, one daemon thread each (:func:`ask_or_fallback`);
+    ``None`` for those that have not answered by ``final`` plus :data:`MARGIN`.
 
     Plain threads rather than a thread pool: :mod:`concurrent.futures` costs the
     lean command more to import than all its asks take. A straggler is never
@@ -148,7 +220,9 @@ def _ask_all(
     answers: dict[int, dict[str, Any]] = {}
 
     def run(entry: sockets.Entry) -> None:
-        answers[entry.pid] = ask(entry.path, entry.pid, deadline, timeout, options)
+        answers[entry.pid] = ask_or_fallback(
+            entry, deadline, final, timeout, options, fallback
+        )
 
     threads = [
         threading.Thread(target=run, args=(e,), name="utd-ask", daemon=True)
@@ -156,7 +230,7 @@ def _ask_all(
     ]
     for thread in threads:
         thread.start()
-    end = deadline + MARGIN
+    end = final + MARGIN
     for thread in threads:
         thread.join(max(0.0, end - time.monotonic()))
     return [(e.pid, answers.get(e.pid)) for e in asked]
@@ -170,11 +244,15 @@ def collect(
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
+    fallback: bool = True,
     slow_after: float = SLOW_AFTER,
 ) -> dict[str, Any]:
     """Collect the report of every process of ``instance``.
 
-    Returns within ``timeout`` plus a small margin, whatever the processes do.
+    Returns within ``timeout`` plus a small margin, whatever the processes do. A
+    process that misses its deadline is reported as ``timeout``; if it registered
+    faulthandler, its stacks are taken from there in the last part of
+    ``timeout`` (``"stacks_source": "faulthandler"``).
 
     :param socket_dir: the ``UTD_SOCKET_DIR``.
     :param instance: the server instance (a directory in ``socket_dir``).
@@ -182,6 +260,8 @@ def collect(
     :param pid: only this process.
     :param roster: the server's own list of workers (``pid``, ``worker_id``);
         a worker in it without a socket is reported, not forgotten.
+    :param fallback: signal a process that misses its deadline for faulthandler's
+        stacks, if it registered.
     :param options: dump options passed to every agent: ``{"locals": True}``
         (or a number of frames) asks for locals, which each agent gives only
         when its app set ``UTD_LOCALS = True``.
@@ -189,7 +269,8 @@ def collect(
         in the report's ``summary`` (``UTD_SLOW_REQUEST``).
     """
     started = time.monotonic()
-    deadline = started + timeout
+    final = started + timeout
+    deadline = final - (min(FALLBACK_MAX, FALLBACK_SHARE * timeout) if fallback else 0)
     directory = sockets.instance_dir(socket_dir, instance)
     entries = sockets.list_entries(directory)
     if pid is not None:
@@ -203,7 +284,8 @@ def collect(
                 processes.append(found)
     asked = [e for e in entries if e.kind == "socket"]
     if asked:
-        for entry_pid, answer in _ask_all(asked, deadline, timeout, text_options):
+        answers = _ask_all(asked, deadline, final, timeout, text_options, fallback)
+        for entry_pid, answer in answers:
             if answer is None:
                 message = _timeout_message(entry_pid, timeout)
                 answer = _entry(entry_pid, "timeout", message)
@@ -227,7 +309,7 @@ def collect(
                 )
             )
     processes.sort(
-        key=lambda p: (_ROLE_ORDER.get(p["role"], 3), p["worker_id"] or 0, p["pid"])
+        key=lambda p: (_ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
     )
     report = {
         "schema": SCHEMA,

@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "UTD_SECRET_KEY": None,
     "UTD_URL_MAX_AGE": 300,
     "UTD_ADMIN_LISTEN": None,
+    # SIGRTMIN + 5: neither uWSGI nor gunicorn uses real-time signals, and
+    # glibc keeps the two below SIGRTMIN for itself. ``None`` turns it off.
+    "UTD_FAULTHANDLER_SIGNAL_OFFSET": 5,
     "UTD_CAPTURE_QUERY": False,
     "UTD_SLOW_REQUEST": 5.0,
     "UTD_LOCALS": False,
@@ -46,6 +49,8 @@ class Settings:
     timeout: float
     #: The key that signs dump URLs: ``UTD_SECRET_KEY``, else ``SECRET_KEY``.
     secret_key: str | bytes = field(repr=False)
+    #: The signal on which every process registers :mod:`faulthandler`, or ``None``.
+    fault_signal: int | None = None
     #: Whether the request context keeps the query string of the path.
     capture_query: bool = False
     #: Requests older than this many seconds are listed first, as stuck.
@@ -69,10 +74,15 @@ def default_socket_dirs() -> list[str]:
     """The directories used when ``UTD_SOCKET_DIR`` is not set, preferred first.
 
     ``$XDG_RUNTIME_DIR/flask-utd`` where that variable names a directory, then
-    ``<tmp>/flask-utd-<uid>``. A server run by systemd often has no
+    ``<tmp>/flask-utd-<uid>``, after the ``UTD_SOCKET_DIR`` environment variable
+    if it is set. A server run by systemd often has no
     ``XDG_RUNTIME_DIR`` while a login shell has one, so readers look in both.
     """
     dirs = []
+    from_env = os.environ.get("UTD_SOCKET_DIR")
+    if from_env:
+        # The gunicorn hooks and the lean CLI have no app config to read.
+        dirs.append(os.path.abspath(from_env))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         dirs.append(os.path.join(runtime, "flask-utd"))
@@ -82,10 +92,13 @@ def default_socket_dirs() -> list[str]:
     return dirs
 
 
-def load_settings(config: dict[str, Any]) -> Settings:
+def load_settings(config: dict[str, Any], *, need_secret: bool = True) -> Settings:
     """Set the defaults in ``config``, check every value, and return them resolved.
 
     :param config: the app's config (``app.config``).
+    :param need_secret: whether a signing key is required (``False`` only for a
+        process with no app, such as gunicorn's arbiter without ``--preload``,
+        which serves no dump URL).
     :raises ConfigError: a value has the wrong type or range; the message names the key.
     """
     for key, value in DEFAULTS.items():
@@ -149,6 +162,24 @@ def load_settings(config: dict[str, Any]) -> Settings:
             f"UTD_LOCALS_BUDGET must be a number of seconds above 0 and below"
             f" UTD_TIMEOUT ({timeout!r}), not {budget!r}; e.g. 0.5."
         )
+
+    offset = config["UTD_FAULTHANDLER_SIGNAL_OFFSET"]
+    fault_signal = None
+    if offset is not None and offset is not False:
+        from .faultdump import max_offset
+        from .faultdump import signal_for
+
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ConfigError(
+                "UTD_FAULTHANDLER_SIGNAL_OFFSET must be an int k (faulthandler"
+                f" listens on SIGRTMIN+k) or None to turn it off, not {offset!r}."
+            )
+        if not 0 <= offset <= max_offset():
+            raise ConfigError(
+                f"UTD_FAULTHANDLER_SIGNAL_OFFSET must be between 0 and {max_offset()}"
+                f" (SIGRTMIN+k must be a real-time signal), not {offset!r}."
+            )
+        fault_signal = signal_for(offset)
     return Settings(
         socket_dir=socket_dir,
         timeout=float(timeout),
@@ -158,13 +189,14 @@ def load_settings(config: dict[str, Any]) -> Settings:
         locals_frames=frames,
         locals_repr=reprs,
         locals_budget=float(budget),
-        secret_key=_secret_key(config),
+        secret_key=_secret_key(config, need_secret),
         url_max_age=_url_max_age(config["UTD_URL_MAX_AGE"]),
         admin_listen=parse_listen(config["UTD_ADMIN_LISTEN"]),
+        fault_signal=fault_signal,
     )
 
 
-def _secret_key(config: dict[str, Any]) -> str | bytes:
+def _secret_key(config: dict[str, Any], needed: bool) -> str | bytes:
     for key in ("UTD_SECRET_KEY", "SECRET_KEY"):
         value = config.get(key)
         if value is None:
@@ -176,6 +208,8 @@ def _secret_key(config: dict[str, Any]) -> str | bytes:
                 " `python -c 'import secrets; print(secrets.token_hex())'`."
             )
         return value
+    if not needed:
+        return ""
     raise ConfigError(
         "flask-utd needs a key to sign dump URLs (GET /_utd/dump) and neither"
         " UTD_SECRET_KEY nor SECRET_KEY is set; set one of them, e.g. to the output"

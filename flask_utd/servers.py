@@ -1,8 +1,11 @@
-"""Where this process sits in the server: uWSGI master or worker, or anything else.
+"""Where this process sits in the server: uWSGI or gunicorn master or worker, or
+anything else.
 
 The agent starts in the process that loads the app (the uWSGI master, or a worker
-under ``lazy-apps``), again in every worker after uWSGI forks it (``postfork``),
-and, under any other server, at the first request a process serves. It never
+under ``lazy-apps``), again in every worker after uWSGI forks it (``postfork``);
+under gunicorn, the hooks of :mod:`flask_utd.gunicorn` start it in the arbiter
+(``when_ready``) and in every worker (``post_fork``, or when the worker loads the
+app); under any other server, at the first request a process serves. It never
 starts in a process that serves no request, such as ``flask utd dump``.
 """
 
@@ -32,7 +35,8 @@ FORK_HOOKS_OPTION = "py-call-uwsgi-fork-hooks"
 class Place:
     """What this process is, for the agent and the report."""
 
-    #: ``"master"``, ``"worker"`` or ``"process"``.
+    #: ``"master"``, ``"worker"`` or ``"process"``; under uWSGI also ``"mule"``
+    #: (``worker_id`` is the mule id) and ``"spooler"``.
     role: str
     worker_id: int | None
     #: The server instance: the master's pid, else this process's pid, as text.
@@ -61,8 +65,38 @@ def uwsgi_option(name: str) -> bool:
     return bool(value)
 
 
+# Set by the gunicorn hooks: (pid of the process that set it, its place). A
+# forked child inherits it with the parent's pid, which tells it is not its own.
+_given_place: tuple[int, Place] | None = None
+# The gunicorn arbiter, in the arbiter only (for its roster of workers).
+_arbiter: tuple[int, Any] | None = None
+# The settings of every app set up in this process (inherited by forked children,
+# which is how a gunicorn worker forked from a --preload arbiter knows them).
+_loaded_settings: list[Settings] = []
+
+
+def set_place(place: Place, arbiter: Any = None) -> None:
+    """Say where this process sits (the gunicorn hooks do); it holds for this
+    process only, not for the children it forks.
+
+    :param arbiter: the gunicorn ``Arbiter``, in the arbiter.
+    """
+    global _given_place, _arbiter
+    _given_place = (os.getpid(), place)
+    if arbiter is not None:
+        _arbiter = (os.getpid(), arbiter)
+
+
+def loaded_settings() -> list[Settings]:
+    """The settings of the apps set up in this process or before it was forked."""
+    return list(_loaded_settings)
+
+
 def current_place() -> Place:
-    """Where this process sits: uWSGI master or worker, else a plain process."""
+    """Where this process sits: uWSGI or gunicorn master or worker, else a plain
+    process."""
+    if _given_place is not None and _given_place[0] == os.getpid():
+        return _given_place[1]
     uwsgi = _uwsgi()
     if uwsgi is not None:
         master = uwsgi.masterpid()
@@ -72,12 +106,22 @@ def current_place() -> Place:
             return Place("worker", worker_id, instance)
         if master == os.getpid():
             return Place("master", None, instance)
+        mule_id = uwsgi.mule_id() if hasattr(uwsgi, "mule_id") else 0
+        if mule_id:
+            return Place("mule", mule_id, instance)
+        if hasattr(uwsgi, "i_am_the_spooler") and uwsgi.i_am_the_spooler():
+            return Place("spooler", None, instance)
         return Place("process", None, instance)
     return Place("process", None, str(os.getpid()))
 
 
 def roster() -> list[dict[str, Any]] | None:
     """The server's own list of workers (pid, id), where it has one."""
+    if _arbiter is not None and _arbiter[0] == os.getpid():
+        return [
+            {"pid": pid, "worker_id": getattr(w, "utd_worker_id", None)}
+            for pid, w in list(_arbiter[1].WORKERS.items())
+        ]
     uwsgi = _uwsgi()
     if uwsgi is None:
         return None
@@ -111,7 +155,11 @@ def start_for_place(
         # dump``, should not pay for it (docs/performance.rst).
         from . import agent
 
-        if place.role == "master" and not uwsgi_option(FORK_HOOKS_OPTION):
+        if (
+            place.role == "master"
+            and _uwsgi() is not None
+            and not uwsgi_option(FORK_HOOKS_OPTION)
+        ):
             log.warning("flask-utd: %s", _MASTER_UNSAFE)
             agent.leave_unsafe_note(
                 settings.socket_dir,
@@ -127,6 +175,7 @@ def start_for_place(
             role=place.role,
             worker_id=place.worker_id,
             unsafe=unsafe,
+            fault_signal=settings.fault_signal,
             locals_policy=locals_policy(settings),
         )
     except Exception:
@@ -160,11 +209,17 @@ def _postfork() -> None:
 
 
 def setup_process(settings: Settings) -> bool:
-    """Start the agent where the app is loaded, if this is a uWSGI process.
+    """Start the agent where the app is loaded, if this is a uWSGI process or a
+    process that the gunicorn hooks placed.
 
-    :returns: whether the agent's start is taken care of here (inside uWSGI);
-        ``False`` means: start it at the first request.
+    :returns: whether the agent's start is taken care of here; ``False`` means:
+        start it at the first request.
     """
+    if settings not in _loaded_settings:
+        _loaded_settings.append(settings)
+    if _given_place is not None and _given_place[0] == os.getpid():
+        start_for_place(settings, _given_place[1])
+        return True
     uwsgi = _uwsgi()
     if uwsgi is None:
         return False

@@ -24,8 +24,10 @@ INSTANCE = str(os.getpid())
 
 @pytest.fixture
 def silent(socket_dir: str) -> Iterator[list[socket.socket]]:
-    """Three sockets that accept connections and never answer."""
-    ensure_private_dir(os.path.join(socket_dir, INSTANCE))
+    """Three sockets that accept connections and never answer, next to this
+    process's agent (started first: an agent sweeps away the sockets of PIDs
+    that do not exist, such as these made-up ones)."""
+    start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
     made = []
     for pid in (900001, 900002, 900003):
         s = socket.socket(socket.AF_UNIX)
@@ -38,7 +40,6 @@ def silent(socket_dir: str) -> Iterator[list[socket.socket]]:
 
 
 def test_silent_processes_time_out_within_the_deadline(socket_dir: str, silent) -> None:  # type: ignore[no-untyped-def]
-    start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
     try:
         started = time.monotonic()
         report = collect(socket_dir, INSTANCE, timeout=0.5)

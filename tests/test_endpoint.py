@@ -57,7 +57,10 @@ class Listening:
 
 
 @pytest.fixture
-def listening(socket_dir: str) -> Iterator[Listening]:
+def listening(socket_dir: str, client) -> Iterator[Listening]:  # type: ignore[no-untyped-def]
+    # This process's agent starts at its first request and sweeps the files of
+    # dead pids from the directory: start it before the probe is made.
+    client.get("/")
     probe = Listening(socket_dir)
     yield probe
     probe.close()

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
 
 from flask import Flask
+from flask import request
 
 from flask_utd import utd_bp
 
@@ -47,3 +49,22 @@ def hello() -> str:
 @app.get("/beats")
 def get_beats() -> str:
     return f"{beats}\n"
+
+
+@app.get("/gil")
+def hold_the_gil() -> str:
+    # libc's sleep called through PyDLL keeps the GIL for the whole call: every
+    # other thread of this process, the agent included, stands still.
+    ctypes.PyDLL(None).sleep(int(os.environ.get("DEMO_GIL_SECONDS", "20")))
+    return "slept holding the GIL\n"
+
+
+@app.get("/pid")
+def get_pid() -> str:
+    time.sleep(float(request.args.get("sleep", "0")))
+    return f"{os.getpid()}\n"
+
+
+if __name__ == "__main__":
+    # `python tests/apps/plain.py`: Flask's development server on a free port.
+    app.run(host="127.0.0.1", port=0)

@@ -1,0 +1,142 @@
+"""gunicorn, sync and gthread workers, with and without --preload: the arbiter is
+the master, every worker answers, and the socket directory follows the workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo_app.server import ROOT
+from demo_app.server import GunicornServer
+from demo_app.server import children
+from flask_utd import faultdump
+from flask_utd import sockets
+from flask_utd.collector import collect
+from tests.conftest import wait_for
+from tests.lifecycle import files_by_kind
+
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+CONF = str(ROOT / "tests" / "apps" / "gunicorn_conf.py")
+
+
+class Gunicorns:
+    """Starts gunicorn servers for one test and stops them all at its end."""
+
+    def __init__(self, tmp_path: Path, socket_dir: str) -> None:
+        self.tmp_path = tmp_path
+        self.socket_dir = socket_dir
+        self.started: list[GunicornServer] = []
+
+    def start(self, options: list[str], env: dict[str, str] | None = None) -> Any:
+        full_env = {
+            # The hooks read it from the environment, the app from its config.
+            "UTD_SOCKET_DIR": self.socket_dir,
+            "DEMO_UTD_SOCKET_DIR": self.socket_dir,
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+        log = self.tmp_path / f"gunicorn-{len(self.started)}.log"
+        server = GunicornServer(GUNICORN, ["-c", CONF, *options], log, env=full_env)
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+@pytest.fixture
+def gunicorns(tmp_path: Path, socket_dir: str) -> Iterator[Gunicorns]:
+    g = Gunicorns(tmp_path, socket_dir)
+    yield g
+    g.stop_all()
+
+
+def one_socket_per_live_process(socket_dir: str, master: int, count: int) -> bool:
+    """Exactly one socket (and one faulthandler file) per live process, no other
+    file, and ``count`` processes."""
+    live = {master} | children(master)
+    files = files_by_kind(socket_dir, master)
+    return (
+        len(live) == count
+        and files.get(sockets.SOCKET_SUFFIX) == live
+        and files.get(faultdump.FH_SUFFIX) == live
+        and set(files) == {sockets.SOCKET_SUFFIX, faultdump.FH_SUFFIX}
+    )
+
+
+def complete_report(
+    socket_dir: str, master: int, workers: int, ids: list[int] | None = None
+) -> dict[str, Any]:
+    report = collect(socket_dir, str(master), timeout=5)
+    processes = report["processes"]
+    assert [p["status"] for p in processes] == ["ok"] * (workers + 1), processes
+    assert processes[0]["role"] == "master" and processes[0]["pid"] == master
+    assert processes[0]["worker_id"] is None
+    assert {p["role"] for p in processes[1:]} == {"worker"}
+    worker_ids = sorted(p["worker_id"] for p in processes[1:])
+    assert worker_ids == (ids or list(range(1, workers + 1)))
+    assert {p["pid"] for p in processes[1:]} == children(master)
+    return report
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["lazy", "preload"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_every_process_answers_through_respawn_and_reload(
+    gunicorns: Gunicorns, socket_dir: str, worker_class: str, preload: bool
+) -> None:
+    options = ["-w", "2", "-k", worker_class, "--graceful-timeout", "5"]
+    if worker_class == "gthread":
+        options += ["--threads", "2"]
+    if preload:
+        options.append("--preload")
+    server = gunicorns.start([*options, "tests.apps.plain:app"])
+    master = server.pid
+    wait_for(lambda: one_socket_per_live_process(socket_dir, master, 3))
+    report = complete_report(socket_dir, master, 2)
+    assert int(get(server.url("/pid"))) in children(master)
+
+    # A worker killed with SIGKILL runs no atexit: the arbiter's child_exit (or
+    # the next worker's sweep) removes its socket; its id goes to the new worker.
+    victim = next(p for p in report["processes"] if p["worker_id"] == 1)
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: (
+            victim["pid"] not in children(master)
+            and one_socket_per_live_process(socket_dir, master, 3)
+        )
+    )
+    report = complete_report(socket_dir, master, 2)
+    assert victim["pid"] not in {p["pid"] for p in report["processes"]}
+
+    # A graceful reload (SIGHUP): same arbiter, new workers. gunicorn starts the
+    # new ones before it stops the old ones, so they take the next free ids.
+    before = children(master)
+    os.kill(master, signal.SIGHUP)
+    wait_for(
+        lambda: (
+            not (children(master) & before)
+            and one_socket_per_live_process(socket_dir, master, 3)
+        )
+    )
+    complete_report(socket_dir, master, 2, ids=[3, 4])
+
+    # At shutdown everything is removed, the instance directory included.
+    server.stop()
+    assert server.proc is not None and server.proc.returncode == 0, server.log()
+    wait_for(
+        lambda: not os.path.exists(sockets.instance_dir(socket_dir, str(master))),
+        timeout=5,
+    )

@@ -1,0 +1,34 @@
+"""A starting agent removes what dead processes of its instance left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from flask_utd.agent import start_agent
+from flask_utd.agent import stop_agents
+from flask_utd.sockets import ensure_private_dir
+
+
+def test_files_of_dead_pids_go_and_live_ones_stay(socket_dir: str) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(5)
+    live = os.getppid()
+    directory = ensure_private_dir(os.path.join(socket_dir, "99"))
+    left = [
+        f"{dead.pid}.sock",
+        f"{dead.pid}.fh",
+        f"{dead.pid}.unsafe",
+        # Killed between bind and rename.
+        f"{dead.pid}.sock.{dead.pid}.new",
+    ]
+    kept = [f"{live}.sock", f"{live}.fh", "notes.txt"]
+    for name in left + kept:
+        open(os.path.join(directory, name), "w").close()
+    agent = start_agent(socket_dir, "99", role="process", worker_id=None)
+    try:
+        assert sorted(os.listdir(directory)) == sorted(
+            [*kept, os.path.basename(agent.path)]
+        )
+    finally:
+        stop_agents()
