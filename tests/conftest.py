@@ -34,6 +34,15 @@ def wait_for(
         time.sleep(interval)
 
 
+@pytest.fixture(autouse=True)
+def _no_agent_left() -> Iterator[None]:
+    """Every test starts and ends without an agent (or a faulthandler
+    registration) in this process, whichever way it started one."""
+    stop_agents()
+    yield
+    stop_agents()
+
+
 @pytest.fixture
 def socket_dir() -> Iterator[str]:
     # Short, because a Unix socket path is limited to 107 bytes.
