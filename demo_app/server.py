@@ -55,10 +55,13 @@ class UwsgiServer:
         except FileNotFoundError:
             return ""
 
-    def start(self, timeout: float = 30.0) -> UwsgiServer:
-        """Start the server and wait until it listens."""
+    #: What the server's log says once it listens, with the port as group 1.
+    listening = _PORT
+
+    def argv(self) -> list[str]:
+        """The command line: listen on 127.0.0.1, a port the OS picks."""
         venv = str(Path(self.uwsgi).resolve().parent.parent)
-        argv = [
+        return [
             self.uwsgi,
             "--http-socket",
             "127.0.0.1:0",
@@ -68,9 +71,12 @@ class UwsgiServer:
             str(ROOT),
             *self.options,
         ]
+
+    def start(self, timeout: float = 30.0) -> UwsgiServer:
+        """Start the server and wait until it listens."""
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                argv,
+                self.argv(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -80,7 +86,7 @@ class UwsgiServer:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = _PORT.search(self.log_path.read_bytes())
+            match = self.listening.search(self.log_path.read_bytes())
             if match:
                 self.port = int(match.group(1))
                 return self
@@ -88,7 +94,8 @@ class UwsgiServer:
                 break
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"uWSGI did not start; its log:\n{self.log()}")
+        name = type(self).__name__
+        raise RuntimeError(f"{name} did not start; its log:\n{self.log()}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL to its process group at the
@@ -140,30 +147,10 @@ class GunicornServer(UwsgiServer):
     :param options: gunicorn options and the app (``-c conf.py -w 2 app:app``).
     """
 
-    def start(self, timeout: float = 30.0) -> GunicornServer:
-        """Start the server and wait until it listens."""
-        argv = [self.uwsgi, "--bind", "127.0.0.1:0", *self.options]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                cwd=str(ROOT),
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = _GUNICORN_PORT.search(self.log_path.read_bytes())
-            if match:
-                self.port = int(match.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not start; its log:\n{self.log()}")
+    listening = _GUNICORN_PORT
+
+    def argv(self) -> list[str]:
+        return [self.uwsgi, "--bind", "127.0.0.1:0", *self.options]
 
 
 def children(pid: int) -> set[int]:
