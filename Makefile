@@ -39,7 +39,7 @@ pythons: .venvs/.installed
 
 # Headless Chromium for the test of the dump page (tests/test_page.py), from Debian.
 chromium:
-	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 test: $(STAMP) .venvs/.installed chromium
 	$(BIN)/python -m pytest
