@@ -1,7 +1,10 @@
-"""The RPyC wire shared by the agent (server side) and the collector (client side).
+"""RPyC's side of the agent: its protocol settings, and a plain RPyC client.
 
-Both ends read through :class:`DeadlineStream`, so that no connection, however
-slow or stuck the other end is, outlives its deadline. Imports RPyC, never Flask.
+:data:`SERVER_CONFIG` is what the agent's RPyC connections allow. :func:`connect`
+is an RPyC client with a deadline (:class:`DeadlineStream`), for scripts that want
+RPyC itself; the tests use it to check the agent against RPyC's own client. The
+collector does not: it speaks the little of the protocol it needs through
+:mod:`flask_utd.wire`, which does not import RPyC. Imports RPyC, never Flask.
 """
 
 from __future__ import annotations
