@@ -9,10 +9,12 @@ With them, the arbiter answers as role ``master`` and every worker as role
 ``worker`` with a worker id (1..N, reused when a worker is replaced), all in one
 server instance: the arbiter's pid.
 
-- ``when_ready`` (arbiter): starts the arbiter's agent. With ``--preload`` it
-  uses the settings of the app the arbiter loaded; without, the arbiter has no
-  app, and the hooks use the ``UTD_SOCKET_DIR`` environment variable (else the
-  default per-user directory), which the app then falls back to as well.
+- ``when_ready`` (arbiter): starts the arbiter's agent, and the admin listener
+  when ``UTD_ADMIN_LISTEN`` is set. With ``--preload`` it uses the settings of
+  the app the arbiter loaded; without, the arbiter has no app, and the hooks read
+  ``UTD_SOCKET_DIR``, ``UTD_ADMIN_LISTEN`` and ``UTD_SECRET_KEY`` from the
+  environment (``UTD_SOCKET_DIR`` else the default per-user directory, which the
+  app then falls back to as well).
 - ``pre_fork`` (arbiter): gives the worker about to be forked its worker id.
 - ``post_fork`` (worker): says where this process sits and starts its agent,
   before the worker loads the app.
@@ -44,12 +46,61 @@ log = logging.getLogger("flask_utd")
 __all__ = ["when_ready", "pre_fork", "post_fork", "child_exit", "on_exit"]
 
 
+#: What the hooks read from the environment when the arbiter has no app.
+ENVIRONMENT_KEYS = ("UTD_ADMIN_LISTEN", "UTD_SECRET_KEY")
+
+
 def _settings() -> list[Settings]:
-    """The settings of the apps loaded here (``--preload``), else the defaults
-    (``UTD_SOCKET_DIR`` from the environment)."""
+    """The settings of the apps loaded here (``--preload``), else those of the
+    environment (``UTD_SOCKET_DIR``, ``UTD_ADMIN_LISTEN``, ``UTD_SECRET_KEY``)."""
     loaded = servers.loaded_settings()
-    # Without --preload the arbiter has no app, and serves no dump URL: no secret.
-    return loaded or [load_settings({}, need_secret=False)]
+    if loaded:
+        return loaded
+    config = _environment()
+    # A secret is needed only to serve the dump URL (the admin listener).
+    return [load_settings(config, need_secret="UTD_ADMIN_LISTEN" in config)]
+
+
+def _environment() -> dict[str, Any]:
+    return {key: os.environ[key] for key in ENVIRONMENT_KEYS if os.environ.get(key)}
+
+
+def _start_admin(settings: Settings, server_log: Any) -> None:
+    """Serve ``/_utd/dump`` from the arbiter on ``UTD_ADMIN_LISTEN``, so that it
+    answers when every worker is stuck.
+
+    The arbiter serves no request of the app, and without ``--preload`` has no
+    app at all: it serves a small app of its own made from ``settings``, with
+    ``utd_bp`` only. gunicorn forks with :func:`os.fork`, so no worker inherits
+    the listener (``admin.after_fork_in_child``).
+    """
+    from flask import Flask
+
+    from . import admin
+    from .blueprint import utd_bp
+
+    where = settings.admin_listen
+    assert where is not None
+    app = Flask("flask_utd.admin")
+    # The same configuration the hooks' settings came from, so that setting up
+    # this app gives the same settings (the workers' agents use them).
+    app.config.update(_environment(), UTD_SOCKET_DIR=settings.socket_dir)
+    app.config.setdefault("UTD_SECRET_KEY", settings.secret_key)
+    app.register_blueprint(utd_bp)
+    try:
+        listener = admin.start_admin(app, where)
+    except OSError as err:
+        log.error(
+            "flask-utd: the admin listener cannot listen on UTD_ADMIN_LISTEN (%s);"
+            " choose a free address.",
+            err,
+        )
+        return
+    server_log.info(
+        "flask-utd: admin listener of the gunicorn arbiter (pid %d) bound to %s",
+        os.getpid(),
+        listener.address,
+    )
 
 
 def _remove_files(server: Any, pid: int) -> None:
@@ -74,12 +125,8 @@ def when_ready(server: Any) -> None:
     servers.set_place(place, arbiter=server)
     for settings in _settings():
         servers.start_for_place(settings, place)
-    # TODO(issue 3): start the arbiter's admin listener here, so that
-    # GET /_utd/dump answers when every worker is stuck. It serves the app's
-    # blueprint, so it needs the app in the arbiter: with --preload, call
-    # admin.start_admin(app, settings.admin_listen) for each app loaded here
-    # (servers would keep the apps next to _loaded_settings); without
-    # --preload the arbiter has no app, and loading one here is --preload.
+        if settings.admin_listen is not None:
+            _start_admin(settings, server.log)
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -140,3 +140,94 @@ def test_every_process_answers_through_respawn_and_reload(
         lambda: not os.path.exists(sockets.instance_dir(socket_dir, str(master))),
         timeout=5,
     )
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["lazy", "preload"])
+def test_arbiter_admin_listener_answers_while_every_worker_is_stuck(
+    gunicorns: Gunicorns, socket_dir: str, preload: bool
+) -> None:
+    """UTD_ADMIN_LISTEN from the environment: the arbiter serves the dump URL
+    from a thread of its own, with or without the app loaded there."""
+    import http.client
+    import json
+    import socket
+    import threading
+    import time
+
+    from flask_utd.signing import make_token
+
+    path = os.path.join(socket_dir, "admin.sock")
+    env = {
+        "UTD_ADMIN_LISTEN": f"unix:{path}",
+        "UTD_SECRET_KEY": "admin-secret",
+        "DEMO_UTD_SECRET_KEY": "admin-secret",
+        "DEMO_UTD_ADMIN_LISTEN": f"unix:{path}",
+        "DEMO_HELLO_SECONDS": "60",
+    }
+    options = ["-w", "2", "--timeout", "120"] + (["--preload"] if preload else [])
+    server = gunicorns.start([*options, "tests.apps.plain:app"], env=env)
+    master = server.pid
+    wait_for(lambda: one_socket_per_live_process(socket_dir, master, 3))
+
+    def hello() -> None:
+        try:
+            urllib.request.urlopen(server.url("/hello"), timeout=120).read()
+        except OSError:
+            pass
+
+    for _ in range(2):
+        threading.Thread(target=hello, daemon=True).start()
+
+    def both_stuck() -> bool:
+        report = collect(socket_dir, str(master), timeout=2)
+        return (
+            sum(
+                any(
+                    t["frames"] and t["frames"][-1]["function"] == "hello"
+                    for t in p["threads"]
+                )
+                for p in report["processes"]
+                if p["role"] == "worker"
+            )
+            == 2
+        )
+
+    wait_for(both_stuck, timeout=30)
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(1.0)
+            self.sock.connect(path)
+
+    conn = UnixConnection("localhost")
+    started = time.monotonic()
+    try:
+        token = make_token("admin-secret", 60)
+        conn.request(
+            "GET", f"/_utd/dump?token={token}", headers={"Accept": "application/json"}
+        )
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert time.monotonic() - started < 1.0 + 0.5  # the socket's 1 s, plus slack
+    assert response.status == 200, body
+    report = json.loads(body)
+    roles = sorted(p["role"] for p in report["processes"])
+    assert roles == ["master", "worker", "worker"]
+    for p in report["processes"]:
+        if p["role"] == "worker":
+            assert any(
+                t["frames"] and t["frames"][-1]["function"] == "hello"
+                for t in p["threads"]
+            ), p
+    master_threads = [t["name"] for t in report["processes"][0]["threads"]]
+    assert "utd-admin" in master_threads
+    # A bad token is refused there too.
+    conn = UnixConnection("localhost")
+    try:
+        conn.request("GET", "/_utd/dump?token=nope")
+        assert conn.getresponse().status == 403
+    finally:
+        conn.close()
