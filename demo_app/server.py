@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from flask_utd.sockets import live_children
+
 ROOT = Path(__file__).resolve().parent.parent
 _PORT = re.compile(rb"bound to TCP address 127\.0\.0\.1:(\d+)")
 
@@ -155,16 +157,4 @@ class GunicornServer(UwsgiServer):
 
 def children(pid: int) -> set[int]:
     """The PIDs of the live (not zombie) children of ``pid``, from ``/proc``."""
-    found = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            found.add(int(name))
-    return found
+    return live_children(pid)

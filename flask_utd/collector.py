@@ -318,9 +318,25 @@ def collect(
         "instance": instance,
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
+        "unlisted": _unlisted(instance, processes) if pid is None else [],
     }
     report["summary"] = summarize(report, slow_after)
     return report
+
+
+def _unlisted(instance: str, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live children of the instance's master that are not in the report: a worker
+    being forked (no socket yet) or exiting (socket removed), or a process that runs
+    no app (uWSGI's http router). Listed so that a report is never short of a
+    process without saying so."""
+    if not instance.isdigit() or not sockets.pid_alive(int(instance)):
+        return []
+    reported = {p["pid"] for p in processes}
+    return [
+        {"pid": child}
+        for child in sorted(sockets.live_children(int(instance)))
+        if child not in reported
+    ]
 
 
 def find_instance(

@@ -145,6 +145,14 @@ def render_text(report: dict[str, Any]) -> str:
         f" {report['host']} at {report['generated_at']}",
         f"{len(processes)} process(es), {answered} answered",
     ]
+    unlisted = report.get("unlisted")
+    if unlisted:
+        pids = ", ".join(str(u["pid"]) for u in unlisted)
+        lines.append(
+            f"Not in this dump: pid {pids}, child(ren) of the master with no agent"
+            " (a worker starting or exiting, or a process that runs no app, such"
+            " as uWSGI's http router)"
+        )
     summary = report.get("summary")
     if summary is None:
         from .summary import summarize

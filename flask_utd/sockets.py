@@ -231,6 +231,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def live_children(pid: int) -> set[int]:
+    """The PIDs of the live (not zombie) children of ``pid``, from ``/proc``."""
+    found: set[int] = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            found.add(int(name))
+    return found
+
+
 def list_instances(socket_dir: str) -> list[str]:
     """The instance directories in ``socket_dir`` whose owner process still exists.
 

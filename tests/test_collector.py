@@ -112,3 +112,27 @@ def test_instances_of_dead_masters_are_cleaned_up(socket_dir: str) -> None:
     with pytest.raises(InstanceNotFound):
         find_instance([socket_dir])
     assert not os.path.exists(dead)
+
+
+def test_children_of_the_master_without_an_agent_are_listed(socket_dir: str) -> None:
+    """A worker being forked or exiting has no socket: the report says so."""
+    import subprocess
+    import sys
+
+    ensure_private_dir(os.path.join(socket_dir, INSTANCE))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        report = collect(socket_dir, INSTANCE)
+        assert {"pid": child.pid} in report["unlisted"]
+        assert child.pid not in [p["pid"] for p in report["processes"]]
+        from flask_utd.render import render_text
+
+        assert (
+            f"Not in this dump: pid {child.pid}"
+            in render_text(report).replace(", ", " ")
+            or str(child.pid) in render_text(report).split("Not in this dump")[1]
+        )
+    finally:
+        child.kill()
+        child.wait()
+    assert collect(socket_dir, INSTANCE)["unlisted"] == []
