@@ -11,6 +11,7 @@ from typing import Any
 
 from flask_utd.snapshot import ghost_threads
 from flask_utd.snapshot import process_report
+from tests.conftest import wait_for
 
 
 def test_every_thread_python_knows_is_in_the_dump() -> None:
@@ -119,15 +120,7 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
         threading.Thread(target=park, args=(f"label-{i}",), daemon=True)
         for i in range(2)
     ]
-    for thread in parked:
-        thread.start()
-    ready.wait()
-    try:
-        plain, _ = thread_reports(())
-        with_locals, _ = thread_reports((), LocalsRequest(10, "builtin", 2.0))
-    finally:
-        release.set()
-    idents = {t.ident for t in parked}
+    idents: set[int | None] = set()
 
     def park_frames(threads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
@@ -135,6 +128,23 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
             for t in threads
             if t["ident"] in idents
         ]
+
+    for thread in parked:
+        thread.start()
+    idents = {t.ident for t in parked}
+    ready.wait()
+    # Past the barrier, each thread still has a line to go: wait for both.
+    wait_for(
+        lambda: (
+            [f["code"] for f in park_frames(thread_reports(())[0])]
+            == ["release.wait()"] * 2
+        )
+    )
+    try:
+        plain, _ = thread_reports(())
+        with_locals, _ = thread_reports((), LocalsRequest(10, "builtin", 2.0))
+    finally:
+        release.set()
 
     first, second = park_frames(plain)
     assert first == second and "locals" not in first
