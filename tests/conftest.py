@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,41 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+def as_another_uid(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python that imports first, then drops to uid and gid 65534
+    (``nobody``) before the lines after the ``# as nobody`` marker; needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    before, after = code.split("# as nobody\n")
+    program = before + "os.setgid(65534); os.setuid(65534)\n" + after
+    return subprocess.run(
+        [sys.executable, "-c", program, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
+def open_modes(socket_dir: str, socket_path: str) -> None:
+    """Open the directories and the socket to everyone, as by mistake: only the
+    peer check is left to refuse another uid."""
+    os.chmod(socket_dir, 0o755)
+    os.chmod(os.path.dirname(socket_path), 0o755)
+    os.chmod(socket_path, 0o666)
+
+
+def lean_dump(socket_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m flask_utd dump --socket-dir DIR ARGS`` in a new process."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask_utd", "dump", "--socket-dir", socket_dir, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(autouse=True)

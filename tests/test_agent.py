@@ -7,8 +7,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import warnings
 
@@ -21,6 +19,8 @@ from flask_utd.agent import stop_agents
 from flask_utd.collector import collect
 from flask_utd.rpc import connect
 from flask_utd.sockets import ensure_private_dir
+from tests.conftest import as_another_uid
+from tests.conftest import open_modes
 
 INSTANCE = "4242"
 
@@ -118,24 +118,17 @@ def test_a_classic_rpyc_client_gets_nothing(agent) -> None:  # type: ignore[no-u
 
 
 def test_another_uid_is_refused_even_with_open_modes(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("needs root to connect as another uid")
-    os.chmod(socket_dir, 0o755)
-    os.chmod(os.path.dirname(agent.path), 0o755)
-    os.chmod(agent.path, 0o666)
-    code = (
+    """Through RPyC's own client; tests/test_wire.py does it through the
+    collector's."""
+    open_modes(socket_dir, agent.path)
+    out = as_another_uid(
         "import os,sys,time; from flask_utd.rpc import connect\n"
         "import rpyc.core.protocol, rpyc.core.async_\n"
-        "os.setgid(65534); os.setuid(65534)\n"
+        "# as nobody\n"
         "c = connect(sys.argv[1], time.monotonic() + 5)\n"
         "try:\n    c.root.dump('{}'); print('ANSWERED')\n"
-        "except EOFError: print('REFUSED')\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, agent.path],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        "except EOFError: print('REFUSED')\n",
+        agent.path,
     )
     assert "REFUSED" in out.stdout, out.stderr
     assert "ANSWERED" not in out.stdout

@@ -12,7 +12,6 @@ import time
 from flask import Flask
 
 from demo_app.server import ROOT
-from flask_utd.sockets import ensure_private_dir
 
 
 def test_dump_prints_every_thread_innermost_last(app: Flask, client, runner) -> None:  # type: ignore[no-untyped-def]
@@ -98,22 +97,3 @@ def test_cli_processes_never_start_an_agent(socket_dir: str) -> None:
         os.path.join(d, f) for d, _, files in os.walk(socket_dir) for f in files
     ]
     assert leftovers == []
-
-
-def test_lean_entry_point_imports_no_flask(socket_dir: str) -> None:
-    ensure_private_dir(socket_dir)
-    code = (
-        "import sys, runpy\n"
-        "sys.argv = ['flask_utd', 'dump', '--socket-dir', sys.argv[1]]\n"
-        "try:\n    runpy.run_module('flask_utd', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    print('EXIT', e.code, 'flask' in sys.modules, flush=True)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert "EXIT 2 False" in out.stdout, out.stdout + out.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,6 +16,7 @@ from flask_utd import tracking
 from flask_utd import utd_bp
 from flask_utd.agent import stop_agents
 from flask_utd.snapshot import process_report
+from tests.conftest import lean_dump
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of
 from tests.conftest import wait_for
@@ -168,23 +167,7 @@ def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> No
     assert group["processes"] == 2 and group["wait"] == "sleeping"
 
     # The lean CLI's text opens with them.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask_utd",
-            "dump",
-            "--socket-dir",
-            socket_dir,
-            "--instance",
-            str(server.pid),
-            "--slow-after",
-            "0.5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = lean_dump(socket_dir, "--instance", str(server.pid), "--slow-after", "0.5")
     assert out.returncode == 0, out.stderr
     head = out.stdout.split("Full dump:")[0]
     assert head.splitlines()[3] == "Stuck requests (older than 0.5 s), oldest first:"

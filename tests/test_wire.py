@@ -22,6 +22,9 @@ from flask_utd import wire
 from flask_utd.agent import Agent
 from flask_utd.agent import start_agent
 from flask_utd.agent import stop_agents
+from tests.conftest import as_another_uid
+from tests.conftest import lean_dump
+from tests.conftest import open_modes
 
 INSTANCE = "4343"
 
@@ -206,24 +209,14 @@ def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
 def test_another_uid_is_refused_through_the_wire_client(
     socket_dir: str, agent: Agent
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to connect as another uid")
-    os.chmod(socket_dir, 0o755)
-    os.chmod(os.path.dirname(agent.path), 0o755)
-    os.chmod(agent.path, 0o666)
-    code = (
+    open_modes(socket_dir, agent.path)
+    out = as_another_uid(
         "import os, sys, time\n"
         "from flask_utd.collector import ask\n"
-        "os.setgid(65534); os.setuid(65534)\n"
+        "# as nobody\n"
         "answer = ask(sys.argv[1], 1, time.monotonic() + 5, 5.0, '{}')\n"
-        "print(answer['status'], answer['error'])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, agent.path],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
+        "print(answer['status'], answer['error'])\n",
+        agent.path,
     )
     assert out.stdout.startswith("refused "), out.stdout + out.stderr
     assert "run the command as the server's user" in out.stdout
@@ -242,19 +235,5 @@ def test_lean_options_are_checked(socket_dir: str) -> None:
         (["--timeout", "0"], "--timeout"),
         (["--bogus"], "no such option"),
     ):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "flask_utd",
-                "dump",
-                "--socket-dir",
-                socket_dir,
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        out = lean_dump(socket_dir, *args)
         assert out.returncode == 2 and message in out.stderr, out.stderr
