@@ -56,15 +56,23 @@ def ghost_threads() -> list[threading.Thread]:
     the thread states of the master's threads. ``threading.enumerate()`` still
     lists them and their native ids are not in ``/proc/self/task``. The main thread
     is left out: it is the thread that forked, alive under a new native id.
+
+    Python's list is read before ``/proc``, and a thread counts only if it is still
+    alive after: a thread that starts or ends meanwhile is never taken for a ghost
+    (a ghost stays "alive" for ever, its state copied from the parent).
     """
+    listed = threading.enumerate()
     tasks = live_native_ids()
     if tasks is None:
         return []
     main = threading.main_thread()
     return [
         t
-        for t in threading.enumerate()
-        if t is not main and t.native_id is not None and t.native_id not in tasks
+        for t in listed
+        if t is not main
+        and t.native_id is not None
+        and t.native_id not in tasks
+        and t.is_alive()
     ]
 
 

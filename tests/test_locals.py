@@ -76,7 +76,11 @@ def stuck_view() -> Iterator[dict[str, Any]]:
 
 
 def _view_locals(report: dict[str, Any]) -> dict[str, str]:
-    view = next(t for t in report["threads"] if t["name"] == "view")
+    views = [t for t in report["threads"] if t["name"] == "view"]
+    assert views, {
+        key: report.get(key) for key in ("status", "error", "threads_truncated")
+    } | {"threads": sorted(t["name"] for t in report["threads"])}
+    view = views[0]
     frame = next(f for f in view["frames"] if f["function"] == "checkout")
     shown: dict[str, str] = frame["locals"]
     return shown

@@ -156,3 +156,26 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     # A later snapshot without locals is not polluted by the earlier one.
     assert all("locals" not in f for t in plain for f in t["frames"])
     _json.dumps(plain)
+
+
+def test_threads_starting_and_ending_are_never_taken_for_ghosts() -> None:
+    """Short-lived threads come and go while the dump looks: none is a ghost
+    (which would make the whole process report "unsafe")."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+
+    spinners = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        found = [g.name for _ in range(300) for g in ghost_threads()]
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join(10)
+    assert found == []
