@@ -277,6 +277,7 @@ def test_the_apps_own_port_answers_when_a_worker_is_free(
     (free,) = [
         p for p in report["processes"] if p["role"] == "worker" and p["pid"] != stuck
     ]
+    assert free["status"] == "ok", free
     assert any(
         any(f["function"] == "collect" for f in t["frames"]) for t in free["threads"]
     )
