@@ -109,41 +109,58 @@ def _frame_stack(
     object hashes its contents.)
     """
     frames: list[dict[str, Any]] = []
-    objects: list[FrameType] = []
     append = frames.append
-    left = MAX_FRAMES
-    while frame is not None and left:
-        left -= 1
-        if not shared:  # the frame objects are for the locals
-            objects.append(frame)
+    # Most of the snapshot's time is this loop, and its target is 1.5x a bare
+    # walk (docs/performance.rst): ``for ... in range`` and subscripts, not
+    # ``.get()`` calls, keep it to about 1.2x.
+    innermost = frame
+    for _ in range(MAX_FRAMES):
+        if frame is None:
+            break
         code = frame.f_code
         lineno = frame.f_lineno
-        lines = memo.get(id(code))
-        if lines is None:
-            lines = memo[id(code)] = {}
-        entry = lines.get(lineno)
-        if entry is None:
-            entry = lines[lineno] = _frame_entry(code, lineno)
-        append(entry if shared else dict(entry))
+        try:
+            entry = memo[id(code)][lineno]
+        except KeyError:
+            entry = _frame_entry(code, lineno)
+            memo.setdefault(id(code), {})[lineno] = entry
+        append(entry)
         frame = frame.f_back
     omitted = 0
     while frame is not None:
         omitted += 1
         frame = frame.f_back
+    objects: list[FrameType] = []
+    if not shared:  # copies of the entries, and the frame objects, for the locals
+        frames = [dict(entry) for entry in frames]
+        frame = innermost
+        while frame is not None and len(objects) < len(frames):
+            objects.append(frame)
+            frame = frame.f_back
     frames.reverse()
     objects.reverse()
     return frames, objects, omitted
 
 
-def _native_id(thread: threading.Thread | None, tasks: set[int] | None) -> int | None:
-    if thread is None:
-        return None
-    native = thread.native_id
-    if tasks is not None and native not in tasks and thread is threading.main_thread():
-        # After a fork the main thread keeps the parent's native id in
-        # ``threading``; in the child it is the thread whose id is the pid.
-        return os.getpid()
-    return native
+def _infer_from_end(
+    frames: list[dict[str, Any]], calling: bool | None
+) -> tuple[str, int | None]:
+    """:func:`waits.infer`, with the frame it was read from counted from the
+    innermost (0), so that threads with other outer frames can share it."""
+    wait, index = waits.infer(frames, calling=calling)
+    return wait, None if index is None else len(frames) - 1 - index
+
+
+def _main_native_id() -> int | None:
+    """The native id of the main thread. After a fork the main thread keeps the
+    parent's native id in ``threading``; in the child it is the thread whose id is
+    the pid."""
+    native = threading.main_thread().native_id
+    if native is None or native == os.getpid():
+        return native
+    if os.path.exists(f"/proc/self/task/{native}"):
+        return native
+    return os.getpid()
 
 
 def thread_reports(
@@ -160,33 +177,60 @@ def thread_reports(
     :param locals_request: show the locals of the innermost frames (never of the
         agent's threads).
     """
-    tasks = live_native_ids()
     by_ident = {t.ident: t for t in threading.enumerate()}
+    main_thread = threading.main_thread()
+    main_native = _main_native_id()
     now = time.monotonic()
     current = sys._current_frames()
     with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
     threads = ThreadReports()
+    agents: list[dict[str, Any]] = []
     memo: dict[int, dict[int | None, dict[str, Any]]] = {}
+    ends: dict[tuple[Any, ...], tuple[str, int | None]] = {}
+    shared = locals_request is None
     try:
-        # Beyond MAX_THREADS: the main thread, then the oldest (Python lists
-        # the newest first), and always the agent's own.
-        main = threading.main_thread().ident
-        others = [i for i in reversed(current) if i not in agent_idents]
-        others.sort(key=lambda i: i != main)
-        kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
-        threads.omitted = len(current) - len(kept)
+        kept: set[int] | None = None
+        if len(current) > MAX_THREADS:
+            # The main thread, then the oldest (Python lists the newest first),
+            # and always the agent's own.
+            main = main_thread.ident
+            others = [
+                i for i in reversed(current) if i not in agent_idents and i != main
+            ]
+            if main in current and main not in agent_idents:
+                others.insert(0, main)
+            kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
+            threads.omitted = len(current) - len(kept)
         for ident, frame in current.items():
-            if ident not in kept:
+            if kept is not None and ident not in kept:
                 continue
             thread = by_ident.get(ident)
-            native_id = _native_id(thread, tasks)
-            frames, objects, omitted = _frame_stack(
-                frame, memo, shared=locals_request is None
-            )
-            os_state, wchan = waits.os_state(native_id)
-            wait, wait_frame = waits.infer(
-                frames, calling=waits.in_call(frame), os_state=os_state
-            )
+            frames, objects, omitted = _frame_stack(frame, memo, shared=shared)
+            request = tracking.request_of(ident, now)
+            calling = waits.in_call(frame)
+            # Threads that end in the same frames wait on the same thing: the
+            # state is inferred once per distinct end of stack.
+            end = (calling, *map(id, frames[-waits.INNERMOST :]))
+            inferred = ends.get(end)
+            if inferred is None:
+                inferred = ends[end] = _infer_from_end(frames, calling)
+            wait, from_end = inferred
+            wait_frame = None if from_end is None else len(frames) - 1 - from_end
+            if thread is None:
+                native_id = None
+            elif thread is main_thread:
+                native_id = main_native
+            else:
+                native_id = thread.native_id
+            # The OS state only where it tells more than the frames: reading it
+            # costs more than walking a 20-frame stack (docs/diagnosis.rst).
+            os_state = wchan = None
+            if request is not None or wait in waits.OPEN_STATES:
+                os_state, wchan = waits.os_state(native_id)
+                if wait == "unknown":
+                    wait, wait_frame = waits.infer(
+                        frames, calling=calling, os_state=os_state
+                    )
             owner = None
             if wait == "waiting-lock" and frames:
                 owner = waits.lock_owner(frame, frames[-1]["code"], ident)
@@ -194,10 +238,10 @@ def thread_reports(
             entry: dict[str, Any] = {
                 "ident": ident,
                 "native_id": native_id,
-                "name": thread.name if thread else f"<thread {ident}>",
-                "daemon": thread.daemon if thread else None,
+                "name": f"<thread {ident}>" if thread is None else thread.name,
+                "daemon": None if thread is None else thread.daemon,
                 "is_agent": is_agent,
-                "request": tracking.request_of(ident, now),
+                "request": request,
                 "wait": wait,
                 "wait_frame": wait_frame,
                 "os_state": os_state,
@@ -207,8 +251,11 @@ def thread_reports(
             }
             if omitted:
                 entry["frames_truncated"] = omitted
+            if is_agent:
+                agents.append(entry)
+                continue
             threads.append(entry)
-            if locals_request is not None and not is_agent:
+            if not shared:
                 with_locals.append((frames, objects))
         locals_entry = None
         if locals_request is not None:
@@ -216,7 +263,7 @@ def thread_reports(
     finally:
         del current, with_locals, memo
     # The agent's own threads last: they are never the interesting ones.
-    threads.sort(key=lambda t: t["is_agent"])
+    threads.extend(agents)
     return threads, locals_entry
 
 

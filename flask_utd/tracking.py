@@ -1,14 +1,20 @@
 """What each thread of this process is serving: the request context of a dump.
 
-``utd_bp`` records a request when it starts and forgets it at teardown; the agent
-reads the record when it dumps the thread. The record lives in a process-level
-dict keyed by :func:`threading.get_ident`, not in ``app.extensions["utd"]``: a
-thread serves one request at a time whatever app it belongs to, and the agent,
-which dumps the whole process, must see every app's requests.
+:class:`RequestTracker`, a WSGI middleware that ``utd_bp`` puts around the app's
+``wsgi_app``, records a request when it enters the app and forgets it when the app
+returns; the agent reads the record when it dumps the thread. The record lives in
+a process-level dict keyed by :func:`threading.get_ident`, not in
+``app.extensions["utd"]``: a thread serves one request at a time whatever app it
+belongs to, and the agent, which dumps the whole process, must see every app's
+requests.
 
 The request path does as little as possible: no lock (one assignment to and one
 ``pop`` from a dict, each atomic under the GIL, each thread touching only its own
-key), one small tuple, and no formatting; the agent formats at dump time.
+key), one small tuple holding the WSGI environ, and no formatting, not even of
+the path; the agent reads the environ and formats at dump time. A middleware, not
+``before_request`` / ``teardown_request`` functions: each Flask hook costs a few
+microseconds of dispatch and context look-ups, three of them about 12 us a
+request (docs/performance.rst).
 """
 
 from __future__ import annotations
@@ -16,45 +22,91 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import datetime
 from datetime import timezone
 from typing import TYPE_CHECKING
 from typing import Any
 
 if TYPE_CHECKING:
-    from flask import Request
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
 
-#: ``{thread ident: (method, path, endpoint, request id, wall start, monotonic start)}``
-_current: dict[int, tuple[str, str, str | None, str | None, float, float]] = {}
+#: ``{thread ident: (environ, wall start, monotonic start, keep the query)}``
+_current: dict[int, tuple[dict[str, Any], float, float, bool]] = {}
 
 #: Longest request id kept in a report; the header comes from the client.
 MAX_REQUEST_ID = 200
 #: Longest path kept in a report.
 MAX_PATH = 2000
 
+_get_ident = threading.get_ident
+_time = time.time
+_monotonic = time.monotonic
 
-def request_started(request: Request, capture_query: bool) -> None:
-    """Record that this thread now serves ``request``.
 
-    :param request: the request being served.
-    :param capture_query: keep the query string (it may hold secrets).
+class RequestTracker:
+    """WSGI middleware that records, per thread, the request the app serves.
+
+    ``utd_bp`` installs it (``app.wsgi_app = RequestTracker(app.wsgi_app, ...)``,
+    Flask's way of adding middleware) when it is registered.
+
+    :param wsgi_app: the WSGI app to wrap.
+    :param capture_query: show the query string in dumps (it may hold secrets).
+        Never shown for utd_bp's own URLs, whose token would end up in dumps.
+    :param on_new_process: called at the first request each process serves
+        (after a fork too), before the request; ``None`` for nothing.
     """
-    path = request.path
-    if capture_query and request.query_string:
-        path = request.full_path
-    _current[threading.get_ident()] = (
-        request.method,
-        path,
-        request.endpoint,
-        request.environ.get("HTTP_X_REQUEST_ID"),
-        time.time(),
-        time.monotonic(),
-    )
+
+    def __init__(
+        self,
+        wsgi_app: WSGIApplication,
+        *,
+        capture_query: bool = False,
+        on_new_process: Callable[[], None] | None = None,
+    ) -> None:
+        self.wsgi_app = wsgi_app
+        self.capture_query = capture_query
+        self.on_new_process = on_new_process
+        self._pid: int | None = None
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if self.on_new_process is not None and self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.on_new_process()
+        ident = _get_ident()
+        outer = _current.get(ident)  # an app called from another tracked app
+        _current[ident] = (environ, _time(), _monotonic(), self.capture_query)
+        try:
+            return self.wsgi_app(environ, start_response)
+        finally:
+            if outer is None:
+                _current.pop(ident, None)
+            else:
+                _current[ident] = outer
 
 
-def request_ended() -> None:
-    """Forget this thread's request (at teardown, whatever happened)."""
-    _current.pop(threading.get_ident(), None)
+def _attribute(obj: Any, name: str) -> Any:
+    """``obj.name`` from the instance's ``__dict__`` only: the agent reads other
+    threads' objects and never runs their properties."""
+    try:
+        namespace = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return None
+    return namespace.get(name) if isinstance(namespace, dict) else None
+
+
+def _text(environ: dict[str, Any], key: str) -> str:
+    """A WSGI environ string (latin-1 bytes in a ``str``) as UTF-8 text, the way
+    Werkzeug decodes it."""
+    value = environ.get(key)
+    if not isinstance(value, str):
+        return ""
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 def request_of(ident: int, now: float | None = None) -> dict[str, Any] | None:
@@ -66,11 +118,29 @@ def request_of(ident: int, now: float | None = None) -> dict[str, Any] | None:
     record = _current.get(ident)
     if record is None:
         return None
-    method, path, endpoint, request_id, wall, mono = record
+    environ, wall, mono, capture_query = record
     if now is None:
         now = time.monotonic()
+    # Routing has happened once Flask's request knows its URL rule.
+    rule = _attribute(environ.get("werkzeug.request"), "url_rule")
+    endpoint = _attribute(rule, "endpoint")
+    if not isinstance(endpoint, str):
+        endpoint = None
+    path = "/" + _text(environ, "PATH_INFO").lstrip("/")
+    query = _text(environ, "QUERY_STRING")
+    if (
+        capture_query
+        and query
+        and endpoint is not None
+        and endpoint.rpartition(".")[0] != "utd"
+    ):
+        path = f"{path}?{query}"
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    if not isinstance(request_id, str):
+        request_id = None
+    method = environ.get("REQUEST_METHOD")
     return {
-        "method": method,
+        "method": method if isinstance(method, str) else None,
         "path": path[:MAX_PATH],
         "endpoint": endpoint,
         "request_id": request_id[:MAX_REQUEST_ID] if request_id else None,

@@ -82,6 +82,11 @@ def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: i
         lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r
     )
     assert later["started_at"] == me["started_at"]
+    # A thread serving a request always gets its OS state, whatever it waits on.
+    serving = wait_for(
+        lambda: (th := _thread_of(t))["wait"] == "waiting-condition" and th
+    )
+    assert serving["os_state"] == "S"
     release.set()
     t.join(10)
     assert t.ident not in tracking._current  # teardown forgot it
@@ -173,3 +178,85 @@ def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> No
     assert head.splitlines()[3] == "Stuck requests (older than 0.5 s), oldest first:"
     assert head.count("GET /hello (hello) in worker ") == 4
     assert "4 threads in 2 workers: sleeping at " in head
+
+
+def test_a_request_held_in_an_earlier_before_request_is_shown(socket_dir: str) -> None:
+    """The tracker is WSGI middleware: it sees a request before any of the app's
+    ``before_request`` functions, even those registered before ``utd_bp``."""
+    app = Flask("gated")
+    app.config.update(SECRET_KEY="s", UTD_SOCKET_DIR=socket_dir, UTD_CAPTURE_QUERY=True)
+    gate = threading.Event()
+
+    @app.before_request
+    def hold() -> None:
+        gate.wait(30)
+
+    @app.get("/orders/<int:n>")
+    def order(n: int) -> str:
+        return "ok"
+
+    app.register_blueprint(utd_bp)
+    try:
+        routed = _serve_in_thread(app, "/orders/7?page=2")
+        unrouted = _serve_in_thread(app, "/nowhere?card=4111")
+        me = wait_for(lambda: _thread_of(routed)["request"])
+        assert (me["path"], me["endpoint"]) == ("/orders/7?page=2", "order")
+        # No route, no endpoint; and no query either, even with UTD_CAPTURE_QUERY.
+        other = wait_for(lambda: _thread_of(unrouted)["request"])
+        assert (other["path"], other["endpoint"]) == ("/nowhere", None)
+    finally:
+        gate.set()
+        stop_agents()
+    routed.join(10)
+    unrouted.join(10)
+    assert routed.ident not in tracking._current
+    assert unrouted.ident not in tracking._current
+
+
+def test_an_app_called_from_another_gives_the_outer_request_back(
+    socket_dir: str,
+) -> None:
+    inner = Flask("inner")
+    outer = Flask("outer")
+    seen: list[str] = []
+    for app in (inner, outer):
+        app.config.update(SECRET_KEY="s", UTD_SOCKET_DIR=socket_dir)
+        app.register_blueprint(utd_bp)
+
+    def current_path() -> str:
+        request = tracking.request_of(threading.get_ident())
+        assert request is not None
+        return str(request["path"])
+
+    @inner.get("/in")
+    def in_() -> str:
+        seen.append(current_path())
+        return "in"
+
+    @outer.get("/out")
+    def out() -> str:
+        inner.test_client().get("/in")
+        seen.append(current_path())
+        return "out"
+
+    try:
+        assert outer.test_client().get("/out").status_code == 200
+    finally:
+        stop_agents()
+    assert seen == ["/in", "/out"]
+    assert threading.get_ident() not in tracking._current
+
+
+@pytest.mark.parametrize("style", ["blueprint", "extension"])
+def test_the_tracker_wraps_the_app_once(style: str, socket_dir: str) -> None:
+    from flask_utd import UTD
+
+    app = Flask("wrapped")
+    app.config.update(SECRET_KEY="s", UTD_SOCKET_DIR=socket_dir)
+    if style == "extension":
+        UTD(app)
+        UTD().init_app(app)  # a second call is harmless
+    else:
+        app.register_blueprint(utd_bp)
+    assert isinstance(app.wsgi_app, tracking.RequestTracker)
+    assert not isinstance(app.wsgi_app.wsgi_app, tracking.RequestTracker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import select
 import selectors
@@ -84,10 +85,11 @@ def test_time_sleep(park) -> None:  # type: ignore[no-untyped-def]
         while not stop.is_set():
             time.sleep(0.5)
 
-    me = park(sleeper, stop.set).settled("sleeping", "S")
+    me = park(sleeper, stop.set).settled("sleeping")
     frame = _inferred_in(me, "sleeper")
     assert frame["code"] == "time.sleep(0.5)"
-    assert me["wchan"] is None or isinstance(me["wchan"], str)
+    # The frames name the wait; /proc is not read for it (it would only say S).
+    assert (me["os_state"], me["wchan"]) == (None, None)
     assert me["lock_owner"] is None
 
 
@@ -99,7 +101,7 @@ def test_lock_acquire(park) -> None:  # type: ignore[no-untyped-def]
         lock.acquire()
         lock.release()
 
-    me = park(taker, lock.release).settled("waiting-lock", "S")
+    me = park(taker, lock.release).settled("waiting-lock")
     assert _inferred_in(me, "taker")["code"] == "lock.acquire()"
     assert me["lock_owner"] is None  # a plain Lock keeps no owner
 
@@ -206,7 +208,7 @@ def test_socket_recv(park) -> None:  # type: ignore[no-untyped-def]
         a.recv(1)
         a.close()
 
-    me = park(reader, _send_and_close(b)).settled("io-socket", "S")
+    me = park(reader, _send_and_close(b)).settled("io-socket")
     assert _inferred_in(me, "reader")["code"] == "a.recv(1)"
 
 
@@ -247,6 +249,23 @@ def test_select_and_selectors(park) -> None:  # type: ignore[no-untyped-def]
 
     me = park(with_selector, _send_and_close(d)).settled("io-select")
     assert me["frames"][me["wait_frame"]]["file"].endswith("selectors.py")
+
+
+def test_an_unnamed_c_call_has_the_os_state(park) -> None:  # type: ignore[no-untyped-def]
+    """Where the frames cannot name the wait, /proc says where the thread is."""
+    r, w = os.pipe()
+
+    def reader() -> None:
+        os.read(r, 1)
+        os.close(r)
+
+    def release() -> None:
+        os.write(w, b"x")
+        os.close(w)
+
+    me = park(reader, release).settled("unknown", "S")
+    assert _inferred_in(me, "reader")["code"] == "os.read(r, 1)"
+    assert me["wchan"] is None or isinstance(me["wchan"], str)
 
 
 def test_busy_loop_is_running(park) -> None:  # type: ignore[no-untyped-def]
