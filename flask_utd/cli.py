@@ -4,6 +4,10 @@ The lean ``python -m flask_utd dump`` (:mod:`flask_utd.lean`) imports neither
 Flask, click nor the app; ``flask utd dump`` reads the app's settings and does the
 same through the same functions. Neither starts an agent nor talks HTTP: they
 connect to the agents' sockets directly, so they work when every worker is stuck.
+
+Every process of the server imports this module with ``utd_bp``, to register the
+commands; what the commands run (the collector, the renderings, the signing) is
+imported when a command runs (docs/performance.rst).
 """
 
 from __future__ import annotations
@@ -19,19 +23,15 @@ from typing import NoReturn
 
 import click
 
-from . import lean
 from .config import default_socket_dirs
+from .errors import EXIT_OK
+from .errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
+from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
-from .signing import make_token
 
 if TYPE_CHECKING:
     from flask import Blueprint
     from flask import Flask
-
-#: Exit codes that scripts can rely on.
-EXIT_OK = lean.EXIT_OK
-EXIT_USAGE = lean.EXIT_USAGE
-EXIT_PARTIAL = lean.EXIT_PARTIAL
 
 
 class UsageError(click.ClickException):
@@ -58,6 +58,8 @@ def run_dump(
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
+    from . import lean
+
     try:
         report = lean.collect_one(
             socket_dirs,
@@ -218,6 +220,8 @@ def make_url(
             f" ({settings.url_max_age:g} s), not {expires:g}: the endpoint accepts"
             " no token older than that. Raise UTD_URL_MAX_AGE to allow longer."
         )
+    from .signing import make_token
+
     token = make_token(settings.secret_key, expires)
     # Built without a request: the route's path wherever the blueprint was put.
     path = app.url_map.bind("localhost").build("utd.dump", {"token": token})

@@ -2,6 +2,11 @@
 
 The request thread that serves it only collects: each process's dump is taken by
 that process's own agent thread. A process runs at most one collection at a time.
+
+The collector, the renderings and the signing are imported at the first request
+to the endpoint, not with the blueprint: every process of the server imports this
+module, few of them ever serve a dump, and those modules cost each process about
+half a MiB (docs/performance.rst). The agent needs none of them.
 """
 
 from __future__ import annotations
@@ -17,14 +22,8 @@ from flask import current_app
 from flask import render_template
 from flask import request
 
-from . import collector
-from .render import page_context
-from .render import render_text
 from .servers import current_place
 from .servers import roster
-from .signing import MAX_TOKEN_CHARS
-from .signing import BadToken
-from .signing import check_token
 
 #: The representations of the report, by ``?format=``.
 FORMATS = {
@@ -84,6 +83,11 @@ def dump() -> Response:
     403 with a JSON error when it is missing, malformed, tampered with or
     expired, and then nothing is collected.
     """
+    from . import collector
+    from .signing import MAX_TOKEN_CHARS
+    from .signing import BadToken
+    from .signing import check_token
+
     settings = current_app.extensions["utd"].settings
     token = request.args.get("token")
     try:
@@ -120,6 +124,9 @@ def dump() -> Response:
 
 
 def _represent(report: dict[str, Any], fmt: str) -> Response:
+    from .render import page_context
+    from .render import render_text
+
     if fmt == "json":
         body = json.dumps(report, indent=2) + "\n"
     elif fmt == "text":

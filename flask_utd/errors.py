@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+#: Exit codes of ``flask utd dump`` and ``python -m flask_utd dump`` that scripts
+#: can rely on: every process answered, a usage or configuration error, some
+#: process did not answer.
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
 
 class UTDError(Exception):
     """Base class of every error raised by flask-utd."""

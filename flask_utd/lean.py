@@ -19,13 +19,11 @@ from .collector import SLOW_AFTER
 from .collector import all_answered
 from .collector import collect
 from .collector import find_instance
+from .errors import EXIT_OK
+from .errors import EXIT_PARTIAL
+from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
 from .render import render_text
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
-
 
 USAGE = """\
 Usage: {prog} dump [OPTIONS]
