@@ -10,6 +10,7 @@ See docs/performance.rst for the method and the latest figures.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from typing import NamedTuple
 
 from demo_app.server import ROOT
 from demo_app.server import UwsgiServer
@@ -160,9 +162,15 @@ def machine() -> str:
 
 @contextmanager
 def uwsgi_server(
-    workers: int, socket_dir: str, *, utd: bool = True, stuck: bool = True
+    workers: int,
+    socket_dir: str,
+    *,
+    site: str | None = None,
+    utd: bool = True,
+    stuck: bool = True,
 ) -> Iterator[UwsgiServer]:
-    """A real uWSGI: a master and ``workers`` workers, one request stuck in a worker."""
+    """A real uWSGI: a master and ``workers`` workers, one request stuck in a
+    worker; flask_utd imported from ``site`` (a :func:`plain_install`), if given."""
     binary = uwsgi_binary()
     if binary is None:
         raise SystemExit("uWSGI is not installed in this venv: run `make venv`.")
@@ -170,7 +178,7 @@ def uwsgi_server(
     env = {
         "BENCH_UTD_SOCKET_DIR": socket_dir,
         "BENCH_UTD": "1" if utd else "0",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([*([site] if site else []), str(ROOT)]),
     }
     server = UwsgiServer(
         binary, [*UWSGI_OPTIONS, "--workers", str(workers)], Path(log), env
@@ -252,10 +260,21 @@ def worker_pids(master: int) -> list[int]:
 # -- (a) whole-process wall time of a dump ---------------------------------------
 
 
-def plain_install(tmp: str) -> str:
-    """A scratch venv with flask_utd copied in, as ``pip install`` would leave it:
-    without the editable-install hook that the development venv runs at every
-    Python start-up. The lean command needs nothing but the standard library."""
+class Install(NamedTuple):
+    """flask_utd installed in a scratch venv: its Python, and its site-packages."""
+
+    python: str
+    site: str
+
+
+def plain_install(tmp: str) -> Install:
+    """A scratch venv with flask_utd copied in and compiled, as ``pip install``
+    would leave it: without the editable-install hook that the development venv
+    runs at every Python start-up, and with its ``.pyc`` files (the development
+    tree may have none, with ``PYTHONDONTWRITEBYTECODE``; compiling at import
+    costs time, and leaves garbage in every worker's heap). The lean command
+    needs nothing but the standard library; the servers find the same copy
+    first on their ``PYTHONPATH``."""
     target = os.path.join(tmp, "plain-venv")
     venv.EnvBuilder(with_pip=False, symlinks=True).create(target)
     python = os.path.join(target, "bin", "python")
@@ -270,7 +289,8 @@ def plain_install(tmp: str) -> str:
         os.path.join(site, "flask_utd"),
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    return python
+    compileall.compile_dir(os.path.join(site, "flask_utd"), quiet=1)
+    return Install(python, site)
 
 
 def py_spy() -> str | None:
@@ -300,16 +320,16 @@ def run_timed(
     )
 
 
-def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
+def bench_dumps(table: Table, tmp: str, install: Install) -> None:
     spy = py_spy()
     spy_note = "py-spy not installed (make bench installs it)" if spy is None else ""
     for workers in WORKER_COUNTS:
         socket_dir = tempfile.mkdtemp(prefix="b", dir=tmp)
-        with uwsgi_server(workers, socket_dir) as server:
+        with uwsgi_server(workers, socket_dir, site=install.site) as server:
             commands: dict[str, tuple[list[str], dict[str, str]]] = {
                 "lean": (
                     [
-                        plain_python,
+                        install.python,
                         "-m",
                         "flask_utd",
                         "dump",
@@ -341,7 +361,7 @@ def bench_dumps(table: Table, tmp: str, plain_python: str) -> None:
                     ],
                     {"BENCH_UTD_SOCKET_DIR": socket_dir, "PYTHONPATH": str(ROOT)},
                 ),
-                "python": ([plain_python, "-c", "pass"], {}),
+                "python": ([install.python, "-c", "pass"], {}),
                 "app": (
                     [sys.executable, "-c", "import bench.app"],
                     {"BENCH_UTD_SOCKET_DIR": socket_dir, "PYTHONPATH": str(ROOT)},
@@ -768,14 +788,16 @@ def bench_wsgi(table: Table, tmp: str) -> None:
     )
 
 
-def bench_server_costs(table: Table, tmp: str) -> None:
+def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
     from flask_utd.collector import collect
 
     with_dir = tempfile.mkdtemp(prefix="d", dir=tmp)
     without_dir = tempfile.mkdtemp(prefix="n", dir=tmp)
     with (
-        uwsgi_server(2, with_dir, stuck=False) as with_utd,
-        uwsgi_server(2, without_dir, utd=False, stuck=False) as without_utd,
+        uwsgi_server(2, with_dir, site=install.site, stuck=False) as with_utd,
+        uwsgi_server(
+            2, without_dir, site=install.site, utd=False, stuck=False
+        ) as without_utd,
     ):
         assert with_utd.port is not None and without_utd.port is not None
         burst(with_utd.port), burst(without_utd.port)  # warm both
@@ -894,9 +916,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="utdb-", dir="/tmp") as tmp:
         os.chmod(tmp, 0o700)
-        plain_python = plain_install(tmp)
-        bench_dumps(table, tmp, plain_python)
-        bench_server_costs(table, tmp)  # runs (c) during (e)'s idle minute
+        install = plain_install(tmp)
+        bench_dumps(table, tmp, install)
+        bench_server_costs(table, tmp, install)  # runs (c) during (e)'s idle minute
     print()
     print(f"flask-utd benchmark{' (smoke)' if SMOKE else ''}")
     print(f"machine: {machine()}")
