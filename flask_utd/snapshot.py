@@ -91,7 +91,7 @@ def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
 
 def _frame_stack(
     frame: FrameType | None,
-    memo: dict[int, dict[int | None, dict[str, Any]]],
+    memo: dict[int, dict[int, dict[str, Any]]],
     *,
     shared: bool = True,
 ) -> tuple[list[dict[str, Any]], list[FrameType], int]:
@@ -99,7 +99,7 @@ def _frame_stack(
     objects (only without ``shared``: they are for the locals), and how many
     outer frames were left out (counted, not read).
 
-    ``memo`` maps ``id(code)``, then the line, to the frame's entry, for one
+    ``memo`` maps ``id(code)``, then the instruction, to the frame's entry, for one
     snapshot: the threads of a server run the same code, so most frames are
     looked up rather than built (and their source line read) again. With
     ``shared``, the same entry then appears in several stacks: treat them as
@@ -111,19 +111,20 @@ def _frame_stack(
     frames: list[dict[str, Any]] = []
     append = frames.append
     # Most of the snapshot's time is this loop, and its target is 1.5x a bare
-    # walk (docs/performance.rst): ``for ... in range`` and subscripts, not
-    # ``.get()`` calls, keep it to about 1.2x.
+    # walk (docs/performance.rst). Keyed by the instruction, not the line: a
+    # frame's ``f_lineno`` decodes the code's line table, most of what a bare
+    # walk costs, and a looked-up frame needs no line. Subscripts, not ``.get()``
+    # calls.
     innermost = frame
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
         code = frame.f_code
-        lineno = frame.f_lineno
         try:
-            entry = memo[id(code)][lineno]
+            entry = memo[id(code)][frame.f_lasti]
         except KeyError:
-            entry = _frame_entry(code, lineno)
-            memo.setdefault(id(code), {})[lineno] = entry
+            entry = _frame_entry(code, frame.f_lineno)
+            memo.setdefault(id(code), {})[frame.f_lasti] = entry
         append(entry)
         frame = frame.f_back
     omitted = 0
@@ -185,7 +186,7 @@ def thread_reports(
     with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
     threads = ThreadReports()
     agents: list[dict[str, Any]] = []
-    memo: dict[int, dict[int | None, dict[str, Any]]] = {}
+    memo: dict[int, dict[int, dict[str, Any]]] = {}
     ends: dict[tuple[Any, ...], tuple[str, int | None]] = {}
     shared = locals_request is None
     try:
