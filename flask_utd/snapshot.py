@@ -145,11 +145,12 @@ def _frame_stack(
 
 def _infer_from_end(
     frames: list[dict[str, Any]], calling: bool | None
-) -> tuple[str, int | None]:
+) -> tuple[str, int | None, bool | None]:
     """:func:`waits.infer`, with the frame it was read from counted from the
-    innermost (0), so that threads with other outer frames can share it."""
+    innermost (0), so that threads with other outer frames can share it, and
+    ``calling``."""
     wait, index = waits.infer(frames, calling=calling)
-    return wait, None if index is None else len(frames) - 1 - index
+    return wait, None if index is None else len(frames) - 1 - index, calling
 
 
 def _main_native_id() -> int | None:
@@ -187,7 +188,7 @@ def thread_reports(
     threads = ThreadReports()
     agents: list[dict[str, Any]] = []
     memo: dict[int, dict[int, dict[str, Any]]] = {}
-    ends: dict[tuple[Any, ...], tuple[str, int | None]] = {}
+    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
     shared = locals_request is None
     try:
         kept: set[int] | None = None
@@ -208,14 +209,14 @@ def thread_reports(
             thread = by_ident.get(ident)
             frames, objects, omitted = _frame_stack(frame, memo, shared=shared)
             request = tracking.request_of(ident, now)
-            calling = waits.in_call(frame)
-            # Threads that end in the same frames wait on the same thing: the
-            # state is inferred once per distinct end of stack.
-            end = (calling, *map(id, frames[-waits.INNERMOST :]))
+            # Threads that end in the same frames (the same instructions, so the
+            # same entries) wait on the same thing: the state is inferred once
+            # per distinct end of stack.
+            end = tuple(map(id, frames[-waits.INNERMOST :]))
             inferred = ends.get(end)
             if inferred is None:
-                inferred = ends[end] = _infer_from_end(frames, calling)
-            wait, from_end = inferred
+                inferred = ends[end] = _infer_from_end(frames, waits.in_call(frame))
+            wait, from_end, calling = inferred
             wait_frame = None if from_end is None else len(frames) - 1 - from_end
             if thread is None:
                 native_id = None
