@@ -193,6 +193,29 @@ def test_semaphore_is_a_lock_and_join_a_condition(park) -> None:  # type: ignore
     park(joiner, other.set).settled("waiting-condition")
 
 
+def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:  # type: ignore[no-untyped-def]
+    """A dump infers the state once per distinct end of stack: two threads in the
+    same ``Condition.wait`` instruction, one under ``Semaphore.acquire`` and one
+    under ``Event.wait``, still get their own states, in the same dump."""
+    sem = threading.Semaphore(0)
+    event = threading.Event()
+    taker = park(sem.acquire, sem.release)
+    waiter = park(event.wait, event.set)
+
+    def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        report = process_report(role="process", worker_id=None, agent_idents=())
+        mine = {t["ident"]: t for t in report["threads"]}
+        a, b = mine[taker.thread.ident], mine[waiter.thread.ident]
+        if a["frames"][-1] != b["frames"][-1] or b["wait"] != "waiting-condition":
+            return None
+        return a, b
+
+    a, b = wait_for(both, timeout=10)
+    assert a["wait"] == "waiting-lock"
+    assert a["frames"][a["wait_frame"]]["function"] == "acquire"
+    assert b["frames"][b["wait_frame"]]["function"] == "wait"
+
+
 def _send_and_close(sock: socket.socket) -> Callable[[], None]:
     def release() -> None:
         sock.send(b"x")
