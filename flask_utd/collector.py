@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Any
 
@@ -205,16 +206,18 @@ def _ask_all(
     timeout: float,
     options: str,
     fallback: bool,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Ask every agent at once (:func:`wire.call_all`), each by ``deadline``;
-    then, with ``fallback``, get the stacks of those that did not answer from
-    faulthandler, one daemon thread each, by ``final``.
+    """Ask every agent at once (:func:`wire.call_all`), each by ``deadline``,
+    calling ``meanwhile`` while they work; then, with ``fallback``, get the
+    stacks of those that did not answer from faulthandler, one daemon thread
+    each, by ``final``.
 
     A fallback is never waited for beyond ``final`` plus :data:`MARGIN`: its
     process is then reported as a plain timeout, and the thread ends by itself.
     """
     calls = [wire.Call(e.path, "dump", options) for e in asked]
-    wire.call_all(calls, deadline)
+    wire.call_all(calls, deadline, meanwhile)
     reports = [_outcome(c, e.pid, timeout) for c, e in zip(calls, asked, strict=True)]
     if not fallback:
         return reports
@@ -284,9 +287,20 @@ def collect(
             found = _unsafe_entry(entry)
             if found is not None:
                 processes.append(found)
+    # The master's children, for "unlisted": read from /proc, which takes a read
+    # of every process on the machine, while the agents take their dumps.
+    children: list[set[int]] = []
+
+    def read_children() -> None:
+        if pid is None and not children:
+            children.append(_children(instance))
+
     asked = [e for e in entries if e.kind == "socket"]
     if asked:
-        processes += _ask_all(asked, deadline, final, timeout, text_options, fallback)
+        processes += _ask_all(
+            asked, deadline, final, timeout, text_options, fallback, read_children
+        )
+    read_children()
     known = {p["pid"] for p in processes}
     for worker in roster or ():
         if (
@@ -315,25 +329,29 @@ def collect(
         "instance": instance,
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
-        "unlisted": _unlisted(instance, processes) if pid is None else [],
+        "unlisted": _unlisted(children[0], processes) if children else [],
     }
     report["summary"] = summarize(report, slow_after)
     return report
 
 
-def _unlisted(instance: str, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _children(instance: str) -> set[int]:
+    """The live children of the instance's master (none if it is not a pid, or
+    gone)."""
+    if not instance.isdigit() or not sockets.pid_alive(int(instance)):
+        return set()
+    return sockets.live_children(int(instance))
+
+
+def _unlisted(
+    children: set[int], processes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Live children of the instance's master that are not in the report: a worker
     being forked (no socket yet) or exiting (socket removed), or a process that runs
     no app (uWSGI's http router). Listed so that a report is never short of a
     process without saying so."""
-    if not instance.isdigit() or not sockets.pid_alive(int(instance)):
-        return []
     reported = {p["pid"] for p in processes}
-    return [
-        {"pid": child}
-        for child in sorted(sockets.live_children(int(instance)))
-        if child not in reported
-    ]
+    return [{"pid": child} for child in sorted(children) if child not in reported]
 
 
 def find_instance(

@@ -32,6 +32,7 @@ import socket
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 MSG_REQUEST = 1
@@ -320,9 +321,13 @@ class Call:
             self.sock.close()
 
 
-def call_all(calls: list[Call], deadline: float) -> None:
+def call_all(
+    calls: list[Call], deadline: float, meanwhile: Callable[[], None] | None = None
+) -> None:
     """Make every call at once, from this thread; return when all have ended or
-    ``deadline`` (a ``time.monotonic()`` value) has passed.
+    ``deadline`` (a ``time.monotonic()`` value) has passed. ``meanwhile`` is
+    called once every call has been sent its first request, while the peers
+    answer.
 
     Each call ends with a value or an error, never raising here:
 
@@ -349,6 +354,8 @@ def call_all(calls: list[Call], deadline: float) -> None:
                 continue
             assert call.sock is not None
             selector.register(call.sock, _events(call), call)
+        if meanwhile is not None:
+            meanwhile()
         pending = len(selector.get_map())
         while pending:
             left = deadline - time.monotonic()
