@@ -51,6 +51,10 @@ _I4 = struct.Struct("!L")
 _F8 = struct.Struct("!d")
 #: The largest reply accepted (a report of thousands of deep threads fits).
 MAX_FRAME = 256 * 1024 * 1024
+#: What a read asks for before a frame's length is known (a whole dump of a
+#: process usually fits), and at most.
+_RECV_FIRST = 64 * 1024
+_RECV_MAX = 1024 * 1024
 
 
 class RemoteError(Exception):
@@ -261,7 +265,7 @@ class Call:
     def _receive(self) -> None:
         assert self.sock is not None
         try:
-            chunk = self.sock.recv(1 << 20)
+            chunk = self.sock.recv(self._wanted())
         except (BlockingIOError, InterruptedError):
             return
         if not chunk:
@@ -272,6 +276,16 @@ class Call:
             if frame is None:
                 return
             self._on_reply(frame)
+
+    def _wanted(self) -> int:
+        """How much to ask the socket for: the rest of the frame, once its length
+        is known. ``recv`` allocates all it is asked for first, and a buffer
+        over 128 KiB comes from ``mmap``, which costs more than a small reply."""
+        inbox = self._inbox
+        if len(inbox) < _FRAME.size:
+            return _RECV_FIRST
+        length: int = _FRAME.unpack_from(inbox)[0]
+        return max(1, min(_FRAME.size + length + 1 - len(inbox), _RECV_MAX))
 
     def _cut_frame(self) -> bytes | None:
         inbox = self._inbox
@@ -342,7 +356,8 @@ def call_all(
     passing the GIL between them cost the asking process more CPU than the
     protocol itself, and every agent being asked shares the machine's CPUs with it.
     """
-    selector = selectors.DefaultSelector()
+    # poll rather than epoll: no descriptor to make and close for a few sockets.
+    selector = selectors.PollSelector()
     try:
         for call in calls:
             if time.monotonic() >= deadline:
