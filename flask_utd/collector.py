@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,34 +80,40 @@ def ask(
     Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
     not import RPyC (see docs/performance.rst).
     """
-    try:
-        conn = wire.Connection(path, deadline)
-    except (ConnectionRefusedError, FileNotFoundError):
-        # Gone if nobody listens, or if its socket was removed meanwhile (the
-        # process exited, or the server's hooks cleaned up after it).
-        if sockets.remove_if_stale(path) or not os.path.lexists(path):
-            try:
-                os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
-            except OSError:
-                pass
-            return _entry(
-                pid,
-                "stale",
-                f"process {pid} is gone (nothing listens on its socket); its socket"
-                " was removed. If it was a worker, the server starts a new one.",
-            )
-        return _entry(pid, "refused", f"process {pid} refused the connection.")
-    except (TimeoutError, EOFError):
-        return _entry(pid, "timeout", _timeout_message(pid, timeout))
-    except OSError as err:
+    call = wire.Call(path, "dump", options)
+    wire.call_all([call], deadline)
+    return _outcome(call, pid, timeout)
+
+
+def _outcome(call: wire.Call, pid: int, timeout: float) -> dict[str, Any]:
+    """The report of process ``pid`` from its ended ``dump`` call; never raise."""
+    path = call.path
+    err = call.error
+    if err is not None and not call.connected:
+        if isinstance(err, (ConnectionRefusedError, FileNotFoundError)):
+            # Gone if nobody listens, or if its socket was removed meanwhile (the
+            # process exited, or the server's hooks cleaned up after it).
+            if sockets.remove_if_stale(path) or not os.path.lexists(path):
+                try:
+                    os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
+                except OSError:
+                    pass
+                return _entry(
+                    pid,
+                    "stale",
+                    f"process {pid} is gone (nothing listens on its socket); its"
+                    " socket was removed. If it was a worker, the server starts a"
+                    " new one.",
+                )
+            return _entry(pid, "refused", f"process {pid} refused the connection.")
+        if isinstance(err, (TimeoutError, EOFError)):
+            return _entry(pid, "timeout", _timeout_message(pid, timeout))
         return _entry(
             pid, "error", f"cannot connect to the agent of process {pid}: {err}."
         )
-    try:
-        payload = conn.call("dump", options)
-    except TimeoutError:
+    if isinstance(err, TimeoutError):
         return _entry(pid, "timeout", _timeout_message(pid, timeout))
-    except (EOFError, ConnectionResetError, BrokenPipeError):
+    if isinstance(err, (EOFError, ConnectionResetError, BrokenPipeError)):
         # The agent hangs up on a peer of another uid (SO_PEERCRED), and on a
         # client it has no room for; or the process is exiting.
         if _exited(pid, path):
@@ -124,12 +131,10 @@ def ask(
             " user), and turns new clients away while it is busy with others (try"
             " again); or the process was exiting (a worker being replaced).",
         )
-    except Exception as err:
+    if err is not None:
         return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
-    finally:
-        conn.close()
     try:
-        report = json.loads(payload)
+        report = json.loads(call.value)
         if not isinstance(report, dict) or report.get("pid") != pid:
             raise ValueError("not the report of this process")
     except (TypeError, ValueError) as err:
@@ -137,22 +142,14 @@ def ask(
     return report
 
 
-def ask_or_fallback(
-    entry: sockets.Entry,
-    deadline: float,
-    final: float,
-    timeout: float,
-    options: str,
-    fallback: bool,
+def _fallback(
+    entry: sockets.Entry, report: dict[str, Any], final: float
 ) -> dict[str, Any]:
-    """:func:`ask`; if the process misses ``deadline``, get its stacks from
-    faulthandler by ``final`` (see :mod:`flask_utd.faultdump`)."""
-    report = ask(entry.path, entry.pid, deadline, timeout, options)
-    if report["status"] != "timeout" or not fallback:
-        return report
+    """``report`` (a timeout) with the stacks of ``entry`` from faulthandler, got
+    by ``final`` (see :mod:`flask_utd.faultdump`)."""
     directory = os.path.dirname(entry.path)
     threads, note = faultdump.fallback_stacks(directory, entry.pid, final)
-    report["error"] = f"{report['error']} Fallback: {note}"
+    report = dict(report, error=f"{report['error']} Fallback: {note}")
     if threads is not None:
         report["threads"] = threads
         report["stacks_source"] = "faulthandler"
@@ -209,31 +206,39 @@ def _ask_all(
     timeout: float,
     options: str,
     fallback: bool,
-) -> list[tuple[int, dict[str, Any] | None]]:
-    """Ask every agent at once, one daemon thread each (:func:`ask_or_fallback`);
-    ``None`` for those that have not answered by ``final`` plus :data:`MARGIN`.
+    meanwhile: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Ask every agent at once (:func:`wire.call_all`), each by ``deadline``,
+    calling ``meanwhile`` while they work; then, with ``fallback``, get the
+    stacks of those that did not answer from faulthandler, one daemon thread
+    each, by ``final``.
 
-    Plain threads rather than a thread pool: :mod:`concurrent.futures` costs the
-    lean command more to import than all its asks take. A straggler is never
-    waited for: it ends by itself at its deadline.
+    A fallback is never waited for beyond ``final`` plus :data:`MARGIN`: its
+    process is then reported as a plain timeout, and the thread ends by itself.
     """
-    answers: dict[int, dict[str, Any]] = {}
+    calls = [wire.Call(e.path, "dump", options) for e in asked]
+    wire.call_all(calls, deadline, meanwhile)
+    reports = [_outcome(c, e.pid, timeout) for c, e in zip(calls, asked, strict=True)]
+    if not fallback:
+        return reports
+    late = [i for i, r in enumerate(reports) if r["status"] == "timeout"]
+    fallen: dict[int, dict[str, Any]] = {}
 
-    def run(entry: sockets.Entry) -> None:
-        answers[entry.pid] = ask_or_fallback(
-            entry, deadline, final, timeout, options, fallback
-        )
+    def run(i: int) -> None:
+        fallen[i] = _fallback(asked[i], reports[i], final)
 
+    # Plain threads rather than a thread pool: concurrent.futures costs the lean
+    # command more to import than all its asks take.
     threads = [
-        threading.Thread(target=run, args=(e,), name="utd-ask", daemon=True)
-        for e in asked
+        threading.Thread(target=run, args=(i,), name="utd-fallback", daemon=True)
+        for i in late
     ]
     for thread in threads:
         thread.start()
     end = final + MARGIN
     for thread in threads:
         thread.join(max(0.0, end - time.monotonic()))
-    return [(e.pid, answers.get(e.pid)) for e in asked]
+    return [fallen.get(i, r) for i, r in enumerate(reports)]
 
 
 def collect(
@@ -282,14 +287,20 @@ def collect(
             found = _unsafe_entry(entry)
             if found is not None:
                 processes.append(found)
+    # The master's children, for "unlisted": read from /proc, which takes a read
+    # of every process on the machine, while the agents take their dumps.
+    children: list[set[int]] = []
+
+    def read_children() -> None:
+        if pid is None and not children:
+            children.append(_children(instance))
+
     asked = [e for e in entries if e.kind == "socket"]
     if asked:
-        answers = _ask_all(asked, deadline, final, timeout, text_options, fallback)
-        for entry_pid, answer in answers:
-            if answer is None:
-                message = _timeout_message(entry_pid, timeout)
-                answer = _entry(entry_pid, "timeout", message)
-            processes.append(answer)
+        processes += _ask_all(
+            asked, deadline, final, timeout, text_options, fallback, read_children
+        )
+    read_children()
     known = {p["pid"] for p in processes}
     for worker in roster or ():
         if (
@@ -318,25 +329,29 @@ def collect(
         "instance": instance,
         "elapsed_s": round(time.monotonic() - started, 4),
         "processes": processes,
-        "unlisted": _unlisted(instance, processes) if pid is None else [],
+        "unlisted": _unlisted(children[0], processes) if children else [],
     }
     report["summary"] = summarize(report, slow_after)
     return report
 
 
-def _unlisted(instance: str, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _children(instance: str) -> set[int]:
+    """The live children of the instance's master (none if it is not a pid, or
+    gone)."""
+    if not instance.isdigit() or not sockets.pid_alive(int(instance)):
+        return set()
+    return sockets.live_children(int(instance))
+
+
+def _unlisted(
+    children: set[int], processes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Live children of the instance's master that are not in the report: a worker
     being forked (no socket yet) or exiting (socket removed), or a process that runs
     no app (uWSGI's http router). Listed so that a report is never short of a
     process without saying so."""
-    if not instance.isdigit() or not sockets.pid_alive(int(instance)):
-        return []
     reported = {p["pid"] for p in processes}
-    return [
-        {"pid": child}
-        for child in sorted(sockets.live_children(int(instance)))
-        if child not in reported
-    ]
+    return [{"pid": child} for child in sorted(children) if child not in reported]
 
 
 def find_instance(

@@ -225,11 +225,13 @@ def _is_ours(frame: dict[str, Any], module: str, function: str) -> bool:
 
 def collects_this_dump(thread: dict[str, Any]) -> bool:
     """Whether the thread is busy making this very report: the request thread of
-    ``GET /_utd/dump`` or one of the collector's threads. Noise, like the agents."""
+    ``GET /_utd/dump``, a thread that collects or asks, or one of the collector's
+    faulthandler fallback threads. Noise, like the agents."""
     return any(
         _is_ours(f, "endpoint", "dump")
         or _is_ours(f, "collector", "ask")
         or _is_ours(f, "collector", "collect")
+        or _is_ours(f, "collector", "_fallback")
         for f in thread["frames"]
     )
 

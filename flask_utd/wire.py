@@ -16,19 +16,23 @@ agent:
   ``HANDLE_CALLATTR`` on that reference with ``"dump"``, which RPyC checks and
   resolves exactly as it does ``root.dump(...)`` (only ``exposed_`` names).
 
-Nothing that comes back is ever turned into a reference or an object: a reply
-that is not plain data is an error. The agent side stays pure RPyC
-(:mod:`flask_utd.agent`); the tests check this client against it.
+:func:`call_all` makes the calls to every agent at once from one thread, each
+socket non-blocking under one selector. Nothing that comes back is ever turned
+into a reference or an object: a reply that is not plain data is an error. The
+agent side stays pure RPyC (:mod:`flask_utd.agent`); the tests check this client
+against it.
 
 Imports neither RPyC nor Flask.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 MSG_REQUEST = 1
@@ -47,6 +51,10 @@ _I4 = struct.Struct("!L")
 _F8 = struct.Struct("!d")
 #: The largest reply accepted (a report of thousands of deep threads fits).
 MAX_FRAME = 256 * 1024 * 1024
+#: What a read asks for before a frame's length is known (a whole dump of a
+#: process usually fits), and at most.
+_RECV_FIRST = 64 * 1024
+_RECV_MAX = 1024 * 1024
 
 
 class RemoteError(Exception):
@@ -175,113 +183,222 @@ def loads(data: bytes) -> Any:
     return obj
 
 
-# -- the connection --------------------------------------------------------------
+# -- the calls ------------------------------------------------------------------
 
 
-class Connection:
-    """One connection to an agent, every read and write bounded by ``deadline``.
+def _request_frame(seq: int, handler: int, boxed_args: tuple[Any, ...]) -> bytes:
+    payload = _I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args)))
+    return _FRAME.pack(len(payload), 0) + payload + b"\n"
 
-    :raises ConnectionRefusedError: nobody listens on ``path``.
-    :raises OSError: the socket cannot be reached.
-    :raises TimeoutError: the deadline passed.
+
+#: The first request of every call, ``HANDLE_GETROOT`` as sequence number 1.
+_GETROOT = _request_frame(1, HANDLE_GETROOT, (LABEL_VALUE, ()))
+
+
+def _answer(data: bytes, seq: int) -> tuple[int, Any]:
+    """The boxed answer ``(label, value)`` in the reply ``data`` to request ``seq``.
+
+    :raises RemoteError: the peer answered with an exception.
+    :raises ProtocolError: anything else than a reply to ``seq``.
+    """
+    if not data:
+        raise ProtocolError("empty message")
+    msg = data[0]
+    if msg not in (MSG_REPLY, MSG_EXCEPTION):
+        # The agent never calls back: a request from it is not expected.
+        raise ProtocolError(f"unexpected message type {msg}")
+    answer = loads(data[1:])
+    if type(answer) is not tuple or len(answer) != 2 or answer[0] != seq:
+        raise ProtocolError("reply to another request")
+    if msg == MSG_EXCEPTION:
+        raise RemoteError(_exception_text(answer[1]))
+    boxed = answer[1]
+    if type(boxed) is not tuple or len(boxed) != 2:
+        raise ProtocolError("bad reply")
+    return boxed[0], boxed[1]
+
+
+class Call:
+    """``root.<name>(*args)`` on the agent listening on ``path``, made by
+    :func:`call_all` together with others, without a thread of its own.
+
+    After :func:`call_all`, either :attr:`error` is set (and :attr:`connected`
+    says whether it came after the connection was made) or :attr:`value` holds
+    the plain value the call returned.
     """
 
-    def __init__(self, path: str, deadline: float) -> None:
-        self.deadline = deadline
-        self.seq = 0
+    def __init__(self, path: str, name: str, *args: Any) -> None:
+        self.path = path
+        self.name = name
+        self.args = args
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.connected = False
+        self.done = False
+        self.sock: socket.socket | None = None
+        self._out = b""
+        self._inbox = bytearray()
+        self._seq = 0
+
+    def _start(self) -> None:
+        """Connect and send the first request (as much of it as the socket takes).
+
+        A Unix socket connects at once or fails at once (``ECONNREFUSED``,
+        ``ENOENT``; ``EAGAIN`` when the listener's queue is full).
+        """
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.connect(self.path)
+        self.connected = True
+        self._seq = 1
+        self._out = _GETROOT
+        self._send()
+
+    def _send(self) -> None:
+        assert self.sock is not None
         try:
-            self._arm()
-            self.sock.connect(path)
-        except BaseException:
-            self.sock.close()
-            raise
+            sent = self.sock.send(self._out, socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return
+        self._out = self._out[sent:]
 
-    def close(self) -> None:
-        self.sock.close()
+    def _receive(self) -> None:
+        assert self.sock is not None
+        try:
+            chunk = self.sock.recv(self._wanted())
+        except (BlockingIOError, InterruptedError):
+            return
+        if not chunk:
+            raise EOFError("connection closed by peer")
+        self._inbox += chunk
+        while not self.done:
+            frame = self._cut_frame()
+            if frame is None:
+                return
+            self._on_reply(frame)
 
-    def __enter__(self) -> Connection:
-        return self
+    def _wanted(self) -> int:
+        """How much to ask the socket for: the rest of the frame, once its length
+        is known. ``recv`` allocates all it is asked for first, and a buffer
+        over 128 KiB comes from ``mmap``, which costs more than a small reply."""
+        inbox = self._inbox
+        if len(inbox) < _FRAME.size:
+            return _RECV_FIRST
+        length: int = _FRAME.unpack_from(inbox)[0]
+        return max(1, min(_FRAME.size + length + 1 - len(inbox), _RECV_MAX))
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the connection's deadline has passed")
-        self.sock.settimeout(left)
-
-    def _read(self, count: int) -> bytes:
-        chunks = []
-        while count > 0:
-            self._arm()
-            chunk = self.sock.recv(min(count, 1 << 20))
-            if not chunk:
-                raise EOFError("connection closed by peer")
-            chunks.append(chunk)
-            count -= len(chunk)
-        return b"".join(chunks)
-
-    def _send_frame(self, payload: bytes) -> None:
-        self._arm()
-        self.sock.sendall(_FRAME.pack(len(payload), 0) + payload + b"\n")
-
-    def _recv_frame(self) -> bytes:
-        length, compressed = _FRAME.unpack(self._read(_FRAME.size))
+    def _cut_frame(self) -> bytes | None:
+        inbox = self._inbox
+        if len(inbox) < _FRAME.size:
+            return None
+        length, compressed = _FRAME.unpack_from(inbox)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes is too large")
-        data = self._read(length + 1)[:-1]
-        if compressed:
-            data = zlib.decompress(data)
-        return data
+        end = _FRAME.size + length + 1
+        if len(inbox) < end:
+            return None
+        data = bytes(inbox[_FRAME.size : end - 1])
+        del inbox[:end]
+        return zlib.decompress(data) if compressed else data
 
-    def request(self, handler: int, boxed_args: tuple[Any, ...]) -> tuple[int, Any]:
-        """Send one request and return the peer's boxed answer: ``(label, value)``.
-
-        :raises RemoteError: the peer answered with an exception.
-        """
-        self.seq += 1
-        seq = self.seq
-        self._send_frame(_I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args))))
-        data = self._recv_frame()
-        if not data:
-            raise ProtocolError("empty message")
-        msg = data[0]
-        if msg not in (MSG_REPLY, MSG_EXCEPTION):
-            # The agent never calls back: a request from it is not expected.
-            raise ProtocolError(f"unexpected message type {msg}")
-        answer = loads(data[1:])
-        if type(answer) is not tuple or len(answer) != 2 or answer[0] != seq:
-            raise ProtocolError("reply to another request")
-        if msg == MSG_EXCEPTION:
-            raise RemoteError(_exception_text(answer[1]))
-        boxed = answer[1]
-        if type(boxed) is not tuple or len(boxed) != 2:
-            raise ProtocolError("bad reply")
-        return boxed[0], boxed[1]
-
-    def call(self, name: str, *args: Any) -> Any:
-        """``root.<name>(*args)`` on the peer's service; a plain value back.
-
-        :raises ProtocolError: the answer is a reference, not plain data.
-        """
-        label, root = self.request(HANDLE_GETROOT, (LABEL_VALUE, ()))
-        if label != LABEL_REMOTE_REF or type(root) is not tuple or len(root) != 3:
-            raise ProtocolError("the root is not a remote object")
-        boxed_args = (
-            LABEL_TUPLE,
-            (
-                (LABEL_LOCAL_REF, root),
-                (LABEL_VALUE, name),
-                (LABEL_VALUE, tuple(args)),
-                (LABEL_VALUE, ()),
-            ),
-        )
-        label, value = self.request(HANDLE_CALLATTR, boxed_args)
+    def _on_reply(self, data: bytes) -> None:
+        label, value = _answer(data, self._seq)
+        if self._seq == 1:
+            # The reference to the service, for HANDLE_CALLATTR on it.
+            if label != LABEL_REMOTE_REF or type(value) is not tuple or len(value) != 3:
+                raise ProtocolError("the root is not a remote object")
+            self._seq = 2
+            self._out = _request_frame(
+                2,
+                HANDLE_CALLATTR,
+                (
+                    LABEL_TUPLE,
+                    (
+                        (LABEL_LOCAL_REF, value),
+                        (LABEL_VALUE, self.name),
+                        (LABEL_VALUE, tuple(self.args)),
+                        (LABEL_VALUE, ()),
+                    ),
+                ),
+            )
+            self._send()
+            return
         if label != LABEL_VALUE:
-            raise ProtocolError(f"{name} answered a reference, not plain data")
-        return value
+            raise ProtocolError(f"{self.name} answered a reference, not plain data")
+        self.value = value
+        self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done = True
+        if self.sock is not None:
+            self.sock.close()
+
+
+def call_all(
+    calls: list[Call], deadline: float, meanwhile: Callable[[], None] | None = None
+) -> None:
+    """Make every call at once, from this thread; return when all have ended or
+    ``deadline`` (a ``time.monotonic()`` value) has passed. ``meanwhile`` is
+    called once every call has been sent its first request, while the peers
+    answer.
+
+    Each call ends with a value or an error, never raising here:
+
+    - ``ConnectionRefusedError``: nobody listens on its path;
+    - ``OSError``: the socket cannot be reached, or the connection broke;
+    - ``TimeoutError``: the deadline passed;
+    - ``EOFError``: the peer closed the connection without answering;
+    - ``RemoteError``: the call raised in the agent;
+    - ``ProtocolError``: the peer does not speak this protocol.
+
+    One thread for all the calls rather than a thread each: starting threads and
+    passing the GIL between them cost the asking process more CPU than the
+    protocol itself, and every agent being asked shares the machine's CPUs with it.
+    """
+    # poll rather than epoll: no descriptor to make and close for a few sockets.
+    selector = selectors.PollSelector()
+    try:
+        for call in calls:
+            if time.monotonic() >= deadline:
+                break
+            try:
+                call._start()
+            except Exception as err:
+                call._end(err)
+                continue
+            assert call.sock is not None
+            selector.register(call.sock, _events(call), call)
+        if meanwhile is not None:
+            meanwhile()
+        pending = len(selector.get_map())
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, mask in selector.select(left):
+                call = key.data
+                try:
+                    if mask & selectors.EVENT_WRITE:
+                        call._send()
+                    if mask & selectors.EVENT_READ:
+                        call._receive()
+                except Exception as err:
+                    call._end(err)
+                if call.done:
+                    selector.unregister(key.fileobj)
+                    pending -= 1
+                elif key.events != _events(call):
+                    selector.modify(key.fileobj, _events(call), call)
+    finally:
+        selector.close()
+        for call in calls:
+            if not call.done:
+                call._end(TimeoutError("the connection's deadline has passed"))
+
+
+def _events(call: Call) -> int:
+    return selectors.EVENT_WRITE if call._out else selectors.EVENT_READ
 
 
 def _exception_text(raw: Any) -> str:
@@ -303,5 +420,8 @@ def call(path: str, deadline: float, name: str, *args: Any) -> Any:
     :raises RemoteError: the call raised in the agent.
     :raises ProtocolError: the peer does not speak this protocol.
     """
-    with Connection(path, deadline) as conn:
-        return conn.call(name, *args)
+    one = Call(path, name, *args)
+    call_all([one], deadline)
+    if one.error is not None:
+        raise one.error
+    return one.value

@@ -135,6 +135,8 @@ def test_json_is_the_flask_utd_1_report(client) -> None:  # type: ignore[no-unty
         assert response.mimetype == "application/json"
         report = response.get_json()
         assert report["schema"] == "flask-utd/1"
+        # Compact JSON, one line: indenting costs more than the collection.
+        assert response.get_data(as_text=True).count("\n") == 1
         (process,) = report["processes"]
         assert process["pid"] == os.getpid() and process["status"] == "ok"
         # The view's thread waits on the collector; the agent took the dump.

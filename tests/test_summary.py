@@ -199,3 +199,19 @@ def test_what_belongs_to_the_app() -> None:
     ]
     assert app_frame(installed)["function"] == "b"  # type: ignore[index]
     assert app_frame(IDLE) is None
+
+
+def test_the_threads_making_the_dump_are_noise() -> None:
+    from flask_utd.render import collects_this_dump
+
+    def thread(file: str, function: str) -> dict[str, Any]:
+        return {"frames": [{"file": file, "line": 1, "function": function}]}
+
+    for module, function in (
+        ("endpoint", "dump"),
+        ("collector", "collect"),
+        ("collector", "ask"),
+        ("collector", "_fallback"),  # a thread asking faulthandler for stacks
+    ):
+        assert collects_this_dump(thread(f"{SITE}/flask_utd/{module}.py", function))
+    assert not collects_this_dump(thread("/srv/shop/views.py", "collect"))

@@ -179,6 +179,47 @@ def test_a_request_from_the_peer_is_refused(socket_dir: str) -> None:
     thread.join(5)
 
 
+def test_call_all_ends_every_call_with_its_own_outcome(
+    agent: Agent, socket_dir: str
+) -> None:
+    stale = os.path.join(socket_dir, "stale.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(stale)
+    listener.close()
+    silent = os.path.join(socket_dir, "silent.sock")
+    quiet = socket.socket(socket.AF_UNIX)
+    quiet.bind(silent)
+    quiet.listen(1)  # never accepts
+    hangup = os.path.join(socket_dir, "hangup.sock")
+    thread = _serve_once(hangup, None)
+    calls = [
+        wire.Call(path, "dump", "{}")
+        for path in (
+            agent.path,
+            stale,
+            os.path.join(socket_dir, "missing.sock"),
+            silent,
+            hangup,
+            agent.path,
+        )
+    ]
+    try:
+        started = time.monotonic()
+        wire.call_all(calls, started + 0.5)
+        assert time.monotonic() - started < 2
+    finally:
+        quiet.close()
+        thread.join(5)
+    good, refused, missing, timed_out, closed, again = calls
+    for call in (good, again):
+        assert call.error is None and json.loads(call.value)["pid"] == os.getpid()
+    assert isinstance(refused.error, ConnectionRefusedError) and not refused.connected
+    assert isinstance(missing.error, FileNotFoundError) and not missing.connected
+    assert isinstance(timed_out.error, TimeoutError) and timed_out.connected
+    assert isinstance(closed.error, EOFError) and closed.connected
+    assert all(call.done for call in calls)
+
+
 def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
     """The lean command's start-up is most of its time (docs/performance.rst):
     each of these costs it from 5 to 200 ms."""
