@@ -180,9 +180,12 @@ def uwsgi_server(
         "BENCH_UTD": "1" if utd else "0",
         "PYTHONPATH": os.pathsep.join([*([site] if site else []), str(ROOT)]),
     }
-    server = UwsgiServer(
-        binary, [*UWSGI_OPTIONS, "--workers", str(workers)], Path(log), env
-    )
+    options = [*UWSGI_OPTIONS, "--workers", str(workers)]
+    if site:
+        # uWSGI puts its working directory first on sys.path: out of the source
+        # tree, so that the installed flask_utd is the one imported.
+        options += ["--chdir", site]
+    server = UwsgiServer(binary, options, Path(log), env)
     server.start()
     held: list[socket.socket] = []
     try:
@@ -301,14 +304,14 @@ def py_spy() -> str | None:
 
 
 def run_timed(
-    argv: list[str], env: dict[str, str] | None = None
+    argv: list[str], env: dict[str, str] | None = None, cwd: str | Path = ROOT
 ) -> tuple[float, int, str]:
     started = time.perf_counter()
     proc = subprocess.run(
         argv,
         capture_output=True,
         stdin=subprocess.DEVNULL,
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(os.environ, **(env or {})),
         timeout=60,
     )
@@ -372,10 +375,17 @@ def bench_dumps(table: Table, tmp: str, install: Install) -> None:
                     [spy, "dump", "--pid", str(server.pid), "--subprocesses"],
                     {},
                 )
+            # The installed Python runs outside the source tree: ``python -m``
+            # puts its working directory first on ``sys.path``, where the
+            # source tree's flask_utd (without .pyc files here) would shadow
+            # the installed one.
+            cwds = {
+                name: tmp if name in ("lean", "python") else ROOT for name in commands
+            }
             times: dict[str, list[float]] = {name: [] for name in commands}
             # One untimed run each: compiles .pyc files, and checks every command works.
             for name, (argv, env) in list(commands.items()):
-                _, code, output = run_timed(argv, env)
+                _, code, output = run_timed(argv, env, cwds[name])
                 if code != 0:
                     if name == "py-spy":
                         spy_note = (
@@ -388,7 +398,7 @@ def bench_dumps(table: Table, tmp: str, install: Install) -> None:
                     raise RuntimeError(f"{name} dump does not show the stuck request")
             for _ in range(RUNS):
                 for name, (argv, env) in commands.items():
-                    times[name].append(run_timed(argv, env)[0])
+                    times[name].append(run_timed(argv, env, cwds[name])[0])
             med = {name: statistics.median(values) for name, values in times.items()}
             spy_med = med.get("py-spy")
             label = f"master + {workers} worker(s)"
