@@ -44,15 +44,19 @@ SECRET = os.environ.setdefault("BENCH_UTD_SECRET_KEY", f"bench-{secrets.token_he
 WORKER_COUNTS = (2,) if SMOKE else (1, 4, 16)
 #: Alternating runs of each command line in (a).
 RUNS = 1 if SMOKE else 7
-#: In-process repetitions for (b) and (c).
+#: In-process repetitions for (b), and for (c), whose runs take a few ms each.
 REPS = 1 if SMOKE else 15
+SNAPSHOT_REPS = 1 if SMOKE else 41
 THREAD_COUNTS = (10,) if SMOKE else (100, 1000)
 DEPTH = 5 if SMOKE else 20
 #: (d): alternating bursts per server, seconds per burst, load-generator processes.
 BURSTS = 1 if SMOKE else 10
 BURST_SECONDS = 0.5 if SMOKE else 1.5
 #: (d): requests per side and round of the in-process WSGI comparison.
-WSGI_CALLS = 200 if SMOKE else 2000
+WSGI_CALLS = 20 if SMOKE else 200
+#: Rounds of WSGI_CALLS on each side, alternating: many short rounds, so that
+#: the two sides see the same moments of a noisy machine.
+WSGI_ROUNDS = 2 if SMOKE else 100
 CLIENTS = 2
 #: (e): how long the agent is watched while idle.
 IDLE_SECONDS = 2.0 if SMOKE else 60.0
@@ -599,7 +603,7 @@ def _bench_snapshot(
             bare: list[float] = []
             full: list[float] = []
             thread_reports(())  # warm linecache, as a running agent has it
-            for _ in range(REPS):
+            for _ in range(SNAPSHOT_REPS):
                 started = time.perf_counter()
                 bare_walk()
                 bare.append(time.perf_counter() - started)
@@ -781,7 +785,7 @@ def bench_wsgi(table: Table, tmp: str) -> None:
     try:
         rate(apps["with"]), rate(apps["without"])  # warm; starts the agent
         rates: dict[str, list[float]] = {"with": [], "without": []}
-        for i in range(max(1, REPS // 3)):
+        for i in range(WSGI_ROUNDS):
             for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
                 rates[side].append(rate(apps[side]))
     finally:
@@ -934,8 +938,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"uWSGI: master + N workers, {' '.join(UWSGI_OPTIONS)}")
     print(
-        f"medians of {RUNS} alternating runs (a), {REPS} repetitions (b, c),"
-        f" {BURSTS} ABBA {BURST_SECONDS:g} s bursts of {CLIENTS} clients (d)"
+        f"medians of {RUNS} alternating runs (a), {REPS} repetitions (b),"
+        f" {SNAPSHOT_REPS} (c), {BURSTS} ABBA {BURST_SECONDS:g} s bursts of"
+        f" {CLIENTS} clients (d), {WSGI_ROUNDS} rounds of {WSGI_CALLS} WSGI calls (d)"
     )
     print()
     print(table.render(), end="")
