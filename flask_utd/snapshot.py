@@ -89,6 +89,9 @@ def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
     }
 
 
+_NO_FRAMES: list[FrameType] = []  # never written to: the frame objects, unasked
+
+
 def _frame_stack(
     frame: FrameType | None,
     memo: dict[int, dict[int, dict[str, Any]]],
@@ -131,15 +134,17 @@ def _frame_stack(
     while frame is not None:
         omitted += 1
         frame = frame.f_back
-    objects: list[FrameType] = []
-    if not shared:  # copies of the entries, and the frame objects, for the locals
+    objects = _NO_FRAMES
+    if not shared:
+        objects = []  # copies of the entries, and the frame objects, for the locals
         frames = [dict(entry) for entry in frames]
         frame = innermost
         while frame is not None and len(objects) < len(frames):
             objects.append(frame)
             frame = frame.f_back
     frames.reverse()
-    objects.reverse()
+    if not shared:
+        objects.reverse()
     return frames, objects, omitted
 
 
@@ -182,6 +187,7 @@ def thread_reports(
     by_ident = {t.ident: t for t in threading.enumerate()}
     main_thread = threading.main_thread()
     main_native = _main_native_id()
+    me = threading.get_ident()
     now = time.monotonic()
     current = sys._current_frames()
     with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
@@ -227,7 +233,9 @@ def thread_reports(
             # The OS state only where it tells more than the frames: reading it
             # costs more than walking a 20-frame stack (docs/diagnosis.rst).
             os_state = wchan = None
-            if request is not None or wait in waits.OPEN_STATES:
+            if ident == me:
+                os_state = "R"  # this thread, taking the snapshot
+            elif request is not None or wait in waits.OPEN_STATES:
                 os_state, wchan = waits.os_state(native_id)
                 if wait == "unknown":
                     wait, wait_frame = waits.infer(
