@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Prints one table: flask-utd against py-spy and against no extension (about
-# 4 minutes; BENCH_SMOKE=1 for a few seconds). See docs/performance.rst.
+# 4 minutes; BENCH_SMOKE=1 for a few seconds). See docs/performance.md.
 bench: $(STAMP)
 	@[ -x $(BIN)/py-spy ] || $(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench

@@ -5,7 +5,7 @@ with it, so that a busy machine slows both sides alike. ``BENCH_SMOKE=1`` runs
 tiny sizes once: it checks that the benchmark runs and prints its table (the
 test suite does this), not the targets.
 
-See docs/performance.rst for the method and the latest figures.
+See docs/performance.md for the method and the latest figures.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ version = release
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
-    # CHANGES.md is Markdown; the pages are reStructuredText.
+    # CHANGES.md and performance.md are Markdown; the other pages reStructuredText.
     "myst_parser",
 ]
-source_suffix = {".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
 nitpicky = False

@@ -401,7 +401,7 @@ class AgentServer(Server):  # type: ignore[misc]
             events = self._selector.select(max(0.0, min(due - now, 1.0)))
         else:
             # Idle: block until a client connects or close() wakes the loop.
-            # No timeout, so an idle agent never wakes up (docs/performance.rst).
+            # No timeout, so an idle agent never wakes up (docs/performance.md).
             events = self._selector.select(None)
         accept = False
         # Clients first: a request already here is answered before new

@@ -7,7 +7,7 @@ connect to the agents' sockets directly, so they work when every worker is stuck
 
 Every process of the server imports this module with ``utd_bp``, to register the
 commands; what the commands run (the collector, the renderings, the signing) is
-imported when a command runs (docs/performance.rst).
+imported when a command runs (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def ask(
     """Ask the agent on ``path`` for its process report; never raise.
 
     Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
-    not import RPyC (see docs/performance.rst).
+    not import RPyC (see docs/performance.md).
     """
     call = wire.Call(path, "dump", options)
     wire.call_all([call], deadline)

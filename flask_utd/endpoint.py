@@ -6,7 +6,7 @@ that process's own agent thread. A process runs at most one collection at a time
 The collector, the renderings and the signing are imported at the first request
 to the endpoint, not with the blueprint: every process of the server imports this
 module, few of them ever serve a dump, and those modules cost each process about
-half a MiB (docs/performance.rst). The agent needs none of them.
+half a MiB (docs/performance.md). The agent needs none of them.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _represent(report: dict[str, Any], fmt: str) -> Response:
     if fmt == "json":
         # Compact: json.dumps encodes in C only without indent; indented, a report
         # of a master and 16 workers took 4 ms instead of 0.7 ms, in a worker that
-        # shares the CPUs with every agent (docs/performance.rst).
+        # shares the CPUs with every agent (docs/performance.md).
         body = json.dumps(report, separators=(",", ":")) + "\n"
     elif fmt == "text":
         body = render_text(report)

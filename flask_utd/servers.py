@@ -152,7 +152,7 @@ def start_for_place(
     try:
         # Imported here, not at the top: the agent needs RPyC (about 90 ms to
         # import), and a process that never starts one, such as ``flask utd
-        # dump``, should not pay for it (docs/performance.rst).
+        # dump``, should not pay for it (docs/performance.md).
         from . import agent
 
         if (

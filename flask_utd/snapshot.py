@@ -114,7 +114,7 @@ def _frame_stack(
     frames: list[dict[str, Any]] = []
     append = frames.append
     # Most of the snapshot's time is this loop, and its target is 1.5x a bare
-    # walk (docs/performance.rst). Keyed by the instruction, not the line: a
+    # walk (docs/performance.md). Keyed by the instruction, not the line: a
     # frame's ``f_lineno`` decodes the code's line table, most of what a bare
     # walk costs, and a looked-up frame needs no line. Subscripts, not ``.get()``
     # calls.

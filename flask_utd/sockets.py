@@ -242,7 +242,7 @@ def live_children(pid: int) -> set[int]:
         if not name.isdigit():
             continue
         # One read, without a file object: this reads every process's stat, and
-        # a file object costs more than the read (docs/performance.rst).
+        # a file object costs more than the read (docs/performance.md).
         try:
             fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
         except OSError:

@@ -14,7 +14,7 @@ key), one small tuple holding the WSGI environ, and no formatting, not even of
 the path; the agent reads the environ and formats at dump time. A middleware, not
 ``before_request`` / ``teardown_request`` functions: each Flask hook costs a few
 microseconds of dispatch and context look-ups, three of them about 12 us a
-request (docs/performance.rst).
+request (docs/performance.md).
 """
 
 from __future__ import annotations

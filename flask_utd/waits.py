@@ -187,7 +187,7 @@ def infer(
 
 def _read(path: str) -> bytes:
     """A small ``/proc`` file, in one read: without a file object, which costs
-    a snapshot of many threads more than the read itself (docs/performance.rst)."""
+    a snapshot of many threads more than the read itself (docs/performance.md)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.read(fd, 4096)

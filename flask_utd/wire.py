@@ -2,7 +2,7 @@
 
 The collector asks every agent for one thing: ``root.dump(options)``, a string
 in, a string out. ``import rpyc`` alone costs about 90 ms, which is more than
-half of what a lean dump may take (see docs/performance.rst), so the collector
+half of what a lean dump may take (see docs/performance.md), so the collector
 speaks the few messages it needs itself, to the unchanged RPyC server of the
 agent:
 

@@ -1,4 +1,4 @@
-"""An idle agent blocks: it never wakes up on a timer (docs/performance.rst)."""
+"""An idle agent blocks: it never wakes up on a timer (docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_ghost_threads_are_found_after_a_fork_in_c() -> None:
 
 def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     """The snapshot builds one entry per code and line and shares it between
-    stacks; with locals, each stack gets its own copies (docs/performance.rst)."""
+    stacks; with locals, each stack gets its own copies (docs/performance.md)."""
     import json as _json
 
     from flask_utd.frame_locals import LocalsRequest

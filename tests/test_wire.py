@@ -221,7 +221,7 @@ def test_call_all_ends_every_call_with_its_own_outcome(
 
 
 def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
-    """The lean command's start-up is most of its time (docs/performance.rst):
+    """The lean command's start-up is most of its time (docs/performance.md):
     each of these costs it from 5 to 200 ms."""
     # The instance is named after a live process (this one), as a master's pid.
     start_agent(socket_dir, str(os.getpid()), role="process", worker_id=None)
