@@ -150,7 +150,7 @@ def uwsgi_bin() -> str:
 
 
 class Servers:
-    """Starts uWSGI servers for one test and stops them all at its end."""
+    """Starts servers for one test and stops them all at its end."""
 
     def __init__(self, tmp_path: Path, socket_dir: str) -> None:
         self.tmp_path = tmp_path
@@ -163,14 +163,26 @@ class Servers:
         options: list[str],
         env: dict[str, str] | None = None,
     ) -> UwsgiServer:
+        return self.launch(
+            UwsgiServer, binary, options, {"DEMO_HELLO_SECONDS": "60", **(env or {})}
+        )
+
+    def launch(
+        self,
+        kind: type[UwsgiServer],
+        binary: str,
+        options: list[str],
+        env: dict[str, str],
+    ) -> UwsgiServer:
+        """Start a server of class ``kind`` (uWSGI, or gunicorn), stopped at the
+        test's end; the demo app's socket directory is this test's."""
         full_env = {
             "DEMO_UTD_SOCKET_DIR": self.socket_dir,
-            "DEMO_HELLO_SECONDS": "60",
             "PYTHONPATH": str(ROOT),
-            **(env or {}),
+            **env,
         }
-        log = self.tmp_path / f"uwsgi-{len(self.started)}.log"
-        server = UwsgiServer(binary, options, log, env=full_env)
+        log = self.tmp_path / f"{kind.__name__.lower()}-{len(self.started)}.log"
+        server = kind(binary, options, log, env=full_env)
         self.started.append(server)
         return server.start()
 

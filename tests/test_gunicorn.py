@@ -19,6 +19,7 @@ from demo_app.server import children
 from flask_utd import faultdump
 from flask_utd import sockets
 from flask_utd.collector import collect
+from tests.conftest import Servers
 from tests.conftest import wait_for
 from tests.lifecycle import files_by_kind
 
@@ -26,30 +27,16 @@ GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 CONF = str(ROOT / "tests" / "apps" / "gunicorn_conf.py")
 
 
-class Gunicorns:
+class Gunicorns(Servers):
     """Starts gunicorn servers for one test and stops them all at its end."""
 
-    def __init__(self, tmp_path: Path, socket_dir: str) -> None:
-        self.tmp_path = tmp_path
-        self.socket_dir = socket_dir
-        self.started: list[GunicornServer] = []
-
-    def start(self, options: list[str], env: dict[str, str] | None = None) -> Any:
-        full_env = {
-            # The hooks read it from the environment, the app from its config.
-            "UTD_SOCKET_DIR": self.socket_dir,
-            "DEMO_UTD_SOCKET_DIR": self.socket_dir,
-            "PYTHONPATH": str(ROOT),
-            **(env or {}),
-        }
-        log = self.tmp_path / f"gunicorn-{len(self.started)}.log"
-        server = GunicornServer(GUNICORN, ["-c", CONF, *options], log, env=full_env)
-        self.started.append(server)
-        return server.start()
-
-    def stop_all(self) -> None:
-        for server in self.started:
-            server.stop()
+    def start(  # type: ignore[override]
+        self, options: list[str], env: dict[str, str] | None = None
+    ) -> Any:
+        # The hooks read the socket directory from the environment, the app from
+        # its config.
+        env = {"UTD_SOCKET_DIR": self.socket_dir, **(env or {})}
+        return self.launch(GunicornServer, GUNICORN, ["-c", CONF, *options], env)
 
 
 @pytest.fixture

@@ -338,7 +338,7 @@ def test_infer_from_the_line(
     assert infer(frames, calling=calling, os_state=os_state)[0] == expected
 
 
-def test_the_thread_taking_the_dump_is_running_without_reading_proc() -> None:
+def test_the_thread_taking_the_dump_is_running() -> None:
     report = process_report(role="process", worker_id=None, agent_idents=())
     (me,) = [t for t in report["threads"] if t["ident"] == threading.get_ident()]
     assert (me["os_state"], me["wchan"]) == ("R", None)
