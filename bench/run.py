@@ -226,7 +226,7 @@ def _count_sockets(directory: str) -> int:
 
 
 def _stuck_seen(socket_dir: str, master: int) -> bool:
-    from flask_utd.collector import collect
+    from flask_utd.core.collector import collect
 
     report = collect(socket_dir, str(master))
     return any(
@@ -439,8 +439,8 @@ def bench_dumps(table: Table, tmp: str, install: Install) -> None:
 def bench_round_trips(
     table: Table, socket_dir: str, server: UwsgiServer, workers: int
 ) -> None:
-    from flask_utd.collector import ask
-    from flask_utd.collector import collect
+    from flask_utd.core.collector import ask
+    from flask_utd.core.collector import collect
 
     instance = str(server.pid)
     one = next(
@@ -500,7 +500,7 @@ def measure_endpoint(server: UwsgiServer, socket_dir: str) -> float | None:
     """The median latency of ``GET /_utd/dump`` (JSON) on ``server``, over
     loopback, with a signed token; ``None`` where the endpoint does not exist."""
     try:
-        from flask_utd.signing import make_token
+        from flask_utd.ext.signing import make_token
     except ImportError:
         return None
     assert server.port is not None
@@ -578,9 +578,9 @@ def parked_threads(count: int, depth: int) -> Iterator[None]:
 
 
 def bench_snapshot(table: Table) -> None:
-    from flask_utd import snapshot
-    from flask_utd.snapshot import process_report
-    from flask_utd.snapshot import thread_reports
+    from flask_utd.agent import snapshot
+    from flask_utd.agent.snapshot import process_report
+    from flask_utd.agent.snapshot import thread_reports
 
     # The snapshot reports at most MAX_THREADS threads (if the limit exists):
     # raised here, so that both sides walk every thread.
@@ -757,7 +757,7 @@ def bench_wsgi(table: Table, tmp: str) -> None:
     from werkzeug.test import EnvironBuilder
 
     from flask_utd import utd_bp
-    from flask_utd.agent import stop_agents
+    from flask_utd.agent.lifecycle import stop_agents
 
     def make(with_utd: bool) -> Flask:
         app = Flask("bench_wsgi")
@@ -803,7 +803,7 @@ def bench_wsgi(table: Table, tmp: str) -> None:
 
 
 def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
-    from flask_utd.collector import collect
+    from flask_utd.core.collector import collect
 
     with_dir = tempfile.mkdtemp(prefix="d", dir=tmp)
     without_dir = tempfile.mkdtemp(prefix="n", dir=tmp)

@@ -15,9 +15,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flask_utd.collector import collect
-from flask_utd.config import DEFAULTS
-from flask_utd.config import default_socket_dirs
+from flask_utd.core.collector import collect
+from flask_utd.core.config import DEFAULTS
+from flask_utd.core.config import default_socket_dirs
 
 from .server import ROOT
 from .server import UwsgiServer

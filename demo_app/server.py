@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flask_utd.sockets import live_children
+from flask_utd.core.sockets import live_children
 
 ROOT = Path(__file__).resolve().parent.parent
 _PORT = re.compile(rb"bound to TCP address 127\.0\.0\.1:(\d+)")

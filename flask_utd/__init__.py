@@ -11,19 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any
 
-from .errors import ConfigError
-from .errors import InstanceNotFound
-from .errors import SocketDirError
-from .errors import UTDError
+from .core.errors import ConfigError
+from .core.errors import InstanceNotFound
+from .core.errors import SetupError
+from .core.errors import SocketDirError
+from .core.errors import UTDError
 
 if TYPE_CHECKING:
-    from .blueprint import utd_bp
-    from .extension import UTD
+    from .ext.blueprint import utd_bp
+    from .ext.extension import UTD
 
 __all__ = [
     "UTD",
     "ConfigError",
     "InstanceNotFound",
+    "SetupError",
     "SocketDirError",
     "UTDError",
     "utd_bp",
@@ -41,11 +43,11 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             return "0.0.0"
     if name == "utd_bp":
-        from .blueprint import utd_bp
+        from .ext.blueprint import utd_bp
 
         return utd_bp
     if name == "UTD":
-        from .extension import UTD
+        from .ext.extension import UTD
 
         return UTD
     raise AttributeError(f"module 'flask_utd' has no attribute {name!r}")

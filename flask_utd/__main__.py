@@ -5,7 +5,7 @@ See :mod:`flask_utd.lean`: neither Flask, click nor RPyC is imported.
 
 from __future__ import annotations
 
-from .lean import main
+from .core.lean import main
 
 if __name__ == "__main__":
     main(prog_name="python -m flask_utd")

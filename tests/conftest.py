@@ -17,8 +17,8 @@ from flask import Flask
 from demo_app.server import ROOT
 from demo_app.server import UwsgiServer
 from flask_utd import utd_bp
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core.collector import collect
 
 
 def wait_for(

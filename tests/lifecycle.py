@@ -7,7 +7,7 @@ import re
 import urllib.request
 
 from demo_app.server import children
-from flask_utd import sockets
+from flask_utd.core import sockets
 
 
 def files_by_kind(socket_dir: str, master: int) -> dict[str, set[int]]:

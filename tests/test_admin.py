@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from demo_app.server import UwsgiServer
-from flask_utd.signing import make_token
+from flask_utd.ext.signing import make_token
 from tests.conftest import SUPPORTED
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
@@ -289,8 +289,8 @@ def test_admin_server_in_this_process_serves_only_utd(app) -> None:  # type: ign
     """The listener itself, without uWSGI: routes, and what a forked child keeps."""
     import warnings
 
-    from flask_utd.admin import start_admin
-    from flask_utd.admin import stop_admin
+    from flask_utd.servers.admin import start_admin
+    from flask_utd.servers.admin import stop_admin
 
     token = make_token(app.extensions["utd"].settings.secret_key, 60)
 

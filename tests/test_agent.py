@@ -14,11 +14,11 @@ import pytest
 import rpyc
 
 from flask_utd import SocketDirError
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
-from flask_utd.rpc import connect
-from flask_utd.sockets import ensure_private_dir
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.agent.rpc import connect
+from flask_utd.core.collector import collect
+from flask_utd.core.sockets import ensure_private_dir
 from tests.conftest import as_another_uid
 from tests.conftest import open_modes
 
@@ -122,7 +122,7 @@ def test_another_uid_is_refused_even_with_open_modes(socket_dir: str, agent) -> 
     collector's."""
     open_modes(socket_dir, agent.path)
     out = as_another_uid(
-        "import os,sys,time; from flask_utd.rpc import connect\n"
+        "import os,sys,time; from flask_utd.agent.rpc import connect\n"
         "import rpyc.core.protocol, rpyc.core.async_\n"
         "# as nobody\n"
         "c = connect(sys.argv[1], time.monotonic() + 5)\n"

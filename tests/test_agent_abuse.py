@@ -1,7 +1,7 @@
 """The agent socket under abuse: garbage, bad frames, floods, slow clients.
 
 Whatever a client sends, the agent drops that client and goes on answering the
-others; it never holds more than :data:`~flask_utd.agent.MAX_CLIENTS` clients,
+others; it never holds more than :data:`~flask_utd.agent.server.MAX_CLIENTS` clients,
 and no client keeps it past the deadlines.
 """
 
@@ -24,12 +24,12 @@ from rpyc.core import brine
 from rpyc.core import consts
 from rpyc.core.channel import Channel
 
-from flask_utd import agent as agent_module
-from flask_utd.agent import Agent
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
-from flask_utd.rpc import connect
+from flask_utd.agent import server as agent_module
+from flask_utd.agent.lifecycle import Agent
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.agent.rpc import connect
+from flask_utd.core.collector import collect
 from tests.conftest import wait_for
 
 INSTANCE = "4343"

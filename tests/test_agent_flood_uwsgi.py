@@ -14,7 +14,7 @@ import pytest
 
 from demo_app.server import ROOT
 from demo_app.server import ini_without_address
-from flask_utd import sockets
+from flask_utd.core import sockets
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from flask_utd import wire
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core import wire
 from tests.conftest import wait_for
 
 

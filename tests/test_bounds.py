@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from flask_utd import agent as agent_module
-from flask_utd import snapshot
-from flask_utd.agent import Agent
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
+from flask_utd.agent import service as agent_module
+from flask_utd.agent import snapshot
+from flask_utd.agent.lifecycle import Agent
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core.collector import collect
 from tests.conftest import wait_for
 
 INSTANCE = "4444"
@@ -57,7 +57,7 @@ def test_two_thousand_threads(
     ]
     for thread in threads:
         thread.start()
-    total = len(sys._current_frames())
+    total = len(snapshot.current_frames())
     assert total > snapshot.MAX_THREADS
     process, elapsed = dump(socket_dir)
     given = process["threads"]
@@ -114,7 +114,7 @@ def test_five_thousand_deep_recursion(
 
 def depth_of(thread: threading.Thread) -> int:
     assert thread.ident is not None
-    frame = sys._current_frames().get(thread.ident)
+    frame = snapshot.current_frames().get(thread.ident)
     depth = 0
     while frame is not None:
         depth += 1
@@ -135,7 +135,7 @@ def test_report_size_cap(
     for thread in threads:
         thread.start()
     monkeypatch.setattr(agent_module, "MAX_REPORT_BYTES", 50_000)
-    total = len(sys._current_frames())
+    total = len(snapshot.current_frames())
     process, _ = dump(socket_dir)
     assert len(json.dumps(process)) <= 50_000
     assert process["report_truncated"] is True

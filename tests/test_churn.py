@@ -26,8 +26,8 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import children
-from flask_utd import sockets
-from flask_utd.collector import collect
+from flask_utd.core import sockets
+from flask_utd.core.collector import collect
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
 from tests.conftest import wait_for

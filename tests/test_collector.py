@@ -10,14 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from flask_utd.agent import leave_unsafe_note
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import MARGIN
-from flask_utd.collector import collect
-from flask_utd.collector import find_instance
-from flask_utd.errors import InstanceNotFound
-from flask_utd.sockets import ensure_private_dir
+from flask_utd.agent.lifecycle import leave_unsafe_note
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core.collector import MARGIN
+from flask_utd.core.collector import collect
+from flask_utd.core.collector import find_instance
+from flask_utd.core.errors import InstanceNotFound
+from flask_utd.core.sockets import ensure_private_dir
 
 INSTANCE = str(os.getpid())
 
@@ -125,7 +125,7 @@ def test_children_of_the_master_without_an_agent_are_listed(socket_dir: str) -> 
         report = collect(socket_dir, INSTANCE)
         assert {"pid": child.pid} in report["unlisted"]
         assert child.pid not in [p["pid"] for p in report["processes"]]
-        from flask_utd.render import render_text
+        from flask_utd.core.render import render_text
 
         assert (
             f"Not in this dump: pid {child.pid}"

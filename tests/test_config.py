@@ -7,8 +7,9 @@ from flask import Flask
 
 from flask_utd import UTD
 from flask_utd import ConfigError
+from flask_utd import SetupError
 from flask_utd import utd_bp
-from flask_utd.config import default_socket_dirs
+from flask_utd.core.config import default_socket_dirs
 
 
 def test_defaults_are_set_once_at_setup() -> None:
@@ -67,15 +68,23 @@ def test_blueprint_and_extension_end_in_one_state(socket_dir: str) -> None:
     assert by_ext.url_map is not None
 
 
-def test_setting_up_twice_is_harmless_or_a_clear_error(socket_dir: str) -> None:
+def test_setting_up_twice_is_a_clear_error(socket_dir: str) -> None:
     app = Flask("a")
     app.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
     ext = UTD(app)
-    ext.init_app(app)  # harmless
     state = app.extensions["utd"]
+    with pytest.raises(SetupError, match="already set up on the app 'a'"):
+        ext.init_app(app)
+    with pytest.raises(SetupError, match="not both"):
+        UTD().init_app(app)
     with pytest.raises(ValueError, match="already registered"):
         app.register_blueprint(utd_bp)
     assert app.extensions["utd"] is state
+    by_bp = Flask("b")
+    by_bp.config.update(UTD_SOCKET_DIR=socket_dir, SECRET_KEY="s")
+    by_bp.register_blueprint(utd_bp)
+    with pytest.raises(SetupError, match="already set up on the app 'b'"):
+        UTD(by_bp)
 
 
 def test_app_factory_with_one_extension_object(socket_dir: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from demo_app.server import ROOT
-from flask_utd.config import DEFAULTS
+from flask_utd.core.config import DEFAULTS
 
 
 @pytest.mark.parametrize("page", ["docs/configuration.rst", "README.md"])

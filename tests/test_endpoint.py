@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 
 from demo_app.server import ROOT
-from flask_utd.signing import make_token
-from flask_utd.sockets import ensure_private_dir
-from flask_utd.sockets import instance_dir
+from flask_utd.core.sockets import ensure_private_dir
+from flask_utd.core.sockets import instance_dir
+from flask_utd.ext.signing import make_token
 from tests.conftest import wait_for
 from tests.test_token_matrix import MAX_AGE
 from tests.test_token_matrix import bad_tokens
@@ -282,7 +282,7 @@ def test_url_command_in_a_subprocess_exits_promptly_and_starts_no_agent(
     url = out.stdout.strip()
     assert url.startswith("http://127.0.0.1:9/_utd/dump?token=")
     token = url.split("token=")[1]
-    from flask_utd.signing import check_token
+    from flask_utd.ext.signing import check_token
 
     check_token("from-the-environment", token, 300)
     leftovers = [
@@ -293,7 +293,7 @@ def test_url_command_in_a_subprocess_exits_promptly_and_starts_no_agent(
 
 def test_a_forked_child_does_not_inherit_a_held_collection_lock() -> None:
     """The admin listener may hold the lock when the master forks a worker."""
-    from flask_utd import endpoint
+    from flask_utd.ext import endpoint
 
     with endpoint._collecting, warnings.catch_warnings():
         # Python 3.12+ warns about fork() in a process with threads.
@@ -314,7 +314,7 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
     other than ok, rendered from a report made by hand."""
     from flask import render_template
 
-    from flask_utd.render import page_context
+    from flask_utd.core.render import page_context
 
     request = {
         "method": "POST",

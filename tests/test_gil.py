@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from demo_app.server import children
-from flask_utd import faultdump
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core import fallback as faultdump
+from flask_utd.core.collector import collect
 from tests.conftest import SUPPORTED
 from tests.conftest import Servers
 from tests.conftest import need_uwsgi
@@ -209,7 +209,7 @@ def test_bad_signal_offset_fails_at_startup_naming_the_key(value: object) -> Non
 
 @pytest.mark.parametrize(("value", "expected"), [(5, SIGNAL), (0, "min"), (None, None)])
 def test_signal_offset(value: Any, expected: Any) -> None:
-    from flask_utd.config import load_settings
+    from flask_utd.core.config import load_settings
 
     settings = load_settings(
         {"UTD_FAULTHANDLER_SIGNAL_OFFSET": value, "SECRET_KEY": "k"}
@@ -223,8 +223,8 @@ def test_signal_offset(value: Any, expected: Any) -> None:
 def test_socket_dir_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, socket_dir: str
 ) -> None:
-    from flask_utd.config import default_socket_dirs
-    from flask_utd.config import load_settings
+    from flask_utd.core.config import default_socket_dirs
+    from flask_utd.core.config import load_settings
 
     monkeypatch.setenv("UTD_SOCKET_DIR", socket_dir)
     assert default_socket_dirs()[0] == socket_dir

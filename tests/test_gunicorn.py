@@ -16,9 +16,9 @@ import pytest
 from demo_app.server import ROOT
 from demo_app.server import GunicornServer
 from demo_app.server import children
-from flask_utd import faultdump
-from flask_utd import sockets
-from flask_utd.collector import collect
+from flask_utd.core import fallback as faultdump
+from flask_utd.core import sockets
+from flask_utd.core.collector import collect
 from tests.conftest import Servers
 from tests.conftest import wait_for
 from tests.lifecycle import files_by_kind
@@ -141,7 +141,7 @@ def test_arbiter_admin_listener_answers_while_every_worker_is_stuck(
     import threading
     import time
 
-    from flask_utd.signing import make_token
+    from flask_utd.ext.signing import make_token
 
     path = os.path.join(socket_dir, "admin.sock")
     env = {

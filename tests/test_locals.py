@@ -13,13 +13,13 @@ from flask import Flask
 
 from flask_utd import ConfigError
 from flask_utd import utd_bp
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
-from flask_utd.frame_locals import LocalsRequest
-from flask_utd.frame_locals import safe_repr
-from flask_utd.render import render_text
-from flask_utd.snapshot import process_report
+from flask_utd.agent.frame_locals import LocalsRequest
+from flask_utd.agent.frame_locals import safe_repr
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.agent.snapshot import process_report
+from flask_utd.core.collector import collect
+from flask_utd.core.render import render_text
 from tests.conftest import wait_for
 
 INSTANCE = "4343"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from flask_utd import SocketDirError
-from flask_utd import sockets
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core import sockets
 
 INSTANCE = "4646"
 NOBODY = 65534

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
 
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.collector import collect
-from flask_utd.signing import SALT
-from flask_utd.signing import BadToken
-from flask_utd.signing import check_token
-from flask_utd.signing import make_token
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core.collector import collect
+from flask_utd.ext.signing import SALT
+from flask_utd.ext.signing import BadToken
+from flask_utd.ext.signing import check_token
+from flask_utd.ext.signing import make_token
 
 secrets = st.one_of(
     st.text(min_size=1, max_size=40), st.binary(min_size=1, max_size=40)

@@ -9,8 +9,8 @@ import sys
 import threading
 from typing import Any
 
-from flask_utd.snapshot import ghost_threads
-from flask_utd.snapshot import process_report
+from flask_utd.agent.ghosts import ghost_threads
+from flask_utd.agent.snapshot import process_report
 from tests.conftest import wait_for
 
 
@@ -106,8 +106,8 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     stacks; with locals, each stack gets its own copies (docs/performance.md)."""
     import json as _json
 
-    from flask_utd.frame_locals import LocalsRequest
-    from flask_utd.snapshot import thread_reports
+    from flask_utd.agent.frame_locals import LocalsRequest
+    from flask_utd.agent.snapshot import thread_reports
 
     release = threading.Event()
     ready = threading.Barrier(3)

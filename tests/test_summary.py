@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_utd.render import render_text
-from flask_utd.summary import app_frame
-from flask_utd.summary import is_app_file
-from flask_utd.summary import summarize
+from flask_utd.core.render import render_text
+from flask_utd.core.summary import app_frame
+from flask_utd.core.summary import is_app_file
+from flask_utd.core.summary import summarize
 
 LIB = "/usr/lib/python3.11"
 SITE = "/srv/venv/lib/python3.11/site-packages"
@@ -202,7 +202,7 @@ def test_what_belongs_to_the_app() -> None:
 
 
 def test_the_threads_making_the_dump_are_noise() -> None:
-    from flask_utd.render import collects_this_dump
+    from flask_utd.core.render import collects_this_dump
 
     def thread(file: str, function: str) -> dict[str, Any]:
         return {"frames": [{"file": file, "line": 1, "function": function}]}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
-from flask_utd.sockets import ensure_private_dir
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core.sockets import ensure_private_dir
 
 
 def test_files_of_dead_pids_go_and_live_ones_stay(socket_dir: str) -> None:

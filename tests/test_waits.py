@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from flask_utd.snapshot import process_report
-from flask_utd.waits import STATES
-from flask_utd.waits import infer
+from flask_utd.agent.snapshot import process_report
+from flask_utd.agent.waits import STATES
+from flask_utd.agent.waits import infer
 from tests.conftest import wait_for
 
 

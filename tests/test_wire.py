@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from rpyc.core import brine
 
 from demo_app.server import ROOT
-from flask_utd import wire
-from flask_utd.agent import Agent
-from flask_utd.agent import start_agent
-from flask_utd.agent import stop_agents
+from flask_utd.agent.lifecycle import Agent
+from flask_utd.agent.lifecycle import start_agent
+from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.core import wire
 from tests.conftest import as_another_uid
 from tests.conftest import lean_dump
 from tests.conftest import open_modes
@@ -253,7 +253,7 @@ def test_another_uid_is_refused_through_the_wire_client(
     open_modes(socket_dir, agent.path)
     out = as_another_uid(
         "import os, sys, time\n"
-        "from flask_utd.collector import ask\n"
+        "from flask_utd.core.collector import ask\n"
         "# as nobody\n"
         "answer = ask(sys.argv[1], 1, time.monotonic() + 5, 5.0, '{}')\n"
         "print(answer['status'], answer['error'])\n",
@@ -264,8 +264,8 @@ def test_another_uid_is_refused_through_the_wire_client(
 
 
 def test_lean_defaults_match_the_settings() -> None:
-    from flask_utd.collector import SLOW_AFTER
-    from flask_utd.config import DEFAULTS
+    from flask_utd.core.collector import SLOW_AFTER
+    from flask_utd.core.config import DEFAULTS
 
     assert SLOW_AFTER == DEFAULTS["UTD_SLOW_REQUEST"]
 

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Any
 
-from . import faultdump
 from . import sockets
 from . import wire
 from .errors import InstanceNotFound
+from .fallback import fallback_stacks
+from .fallback import fh_path
 from .summary import summarize
 
 SCHEMA = "flask-utd/1"
@@ -95,7 +96,7 @@ def _outcome(call: wire.Call, pid: int, timeout: float) -> dict[str, Any]:
             # process exited, or the server's hooks cleaned up after it).
             if sockets.remove_if_stale(path) or not os.path.lexists(path):
                 try:
-                    os.unlink(faultdump.fh_path(os.path.dirname(path), pid))
+                    os.unlink(fh_path(os.path.dirname(path), pid))
                 except OSError:
                     pass
                 return _entry(
@@ -146,9 +147,9 @@ def _fallback(
     entry: sockets.Entry, report: dict[str, Any], final: float
 ) -> dict[str, Any]:
     """``report`` (a timeout) with the stacks of ``entry`` from faulthandler, got
-    by ``final`` (see :mod:`flask_utd.faultdump`)."""
+    by ``final`` (see :mod:`flask_utd.core.fallback`)."""
     directory = os.path.dirname(entry.path)
-    threads, note = faultdump.fallback_stacks(directory, entry.pid, final)
+    threads, note = fallback_stacks(directory, entry.pid, final)
     report = dict(report, error=f"{report['error']} Fallback: {note}")
     if threads is not None:
         report["threads"] = threads
@@ -162,7 +163,7 @@ def _fallback(
 
 def _fh_header(directory: str, pid: int) -> dict[str, Any] | None:
     try:
-        with open(faultdump.fh_path(directory, pid), "rb") as f:
+        with open(fh_path(directory, pid), "rb") as f:
             header = json.loads(f.readline(4096))
     except (OSError, ValueError):
         return None

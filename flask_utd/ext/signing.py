@@ -20,7 +20,7 @@ from itsdangerous import URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode
 from itsdangerous.encoding import base64_encode
 
-from .errors import UTDError
+from ..core.errors import UTDError
 
 #: The salt that keeps these tokens from being valid for anything else signed
 #: with the same secret (sessions, other extensions).

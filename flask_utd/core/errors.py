@@ -18,6 +18,10 @@ class ConfigError(UTDError):
     """A ``UTD_*`` setting has a value that cannot work. The message names the key."""
 
 
+class SetupError(UTDError, RuntimeError):
+    """flask-utd is set up twice on one app."""
+
+
 class SocketDirError(UTDError):
     """The socket directory is missing, not private, or not owned by this user."""
 

@@ -9,7 +9,7 @@ from flask import Flask
 from flask.blueprints import BlueprintSetupState
 
 from .endpoint import dump
-from .extension import UTD
+from .setup import set_up
 
 #: Register it on an app and every process of its server gets a dump agent:
 #: ``app.register_blueprint(utd_bp)``. URL prefix ``/_utd``, CLI group ``utd``.
@@ -27,7 +27,7 @@ utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 def _set_up(state: BlueprintSetupState) -> None:
     # A blueprint is registered on a Flask app; ``state.app`` is typed as the
     # sans-io base class.
-    UTD().init_app(cast(Flask, state.app))
+    set_up(cast(Flask, state.app))
 
 
 from . import cli as _cli  # noqa: E402  (registers ``flask utd ...`` on utd_bp.cli)

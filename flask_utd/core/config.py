@@ -166,8 +166,8 @@ def load_settings(config: dict[str, Any], *, need_secret: bool = True) -> Settin
     offset = config["UTD_FAULTHANDLER_SIGNAL_OFFSET"]
     fault_signal = None
     if offset is not None and offset is not False:
-        from .faultdump import max_offset
-        from .faultdump import signal_for
+        from .fallback import max_offset
+        from .fallback import signal_for
 
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise ConfigError(

@@ -1,12 +1,14 @@
-"""Stacks without the GIL: :mod:`faulthandler` on a real-time signal.
+"""Stacks without the GIL, the collector's side: :mod:`faulthandler`'s text from a
+process that did not answer.
 
 A thread that holds the GIL in C code (a long regex, a C extension, a call through
 ``ctypes.PyDLL``) stops every Python thread of its process, the agent included.
 :mod:`faulthandler` writes the stacks from a C signal handler and needs no GIL.
 
-Both sides live here:
+Two sides:
 
-- In every process that runs an agent, :func:`register` installs faulthandler on
+- In every process that runs an agent, :func:`flask_utd.agent.faultdump.register`
+  installs faulthandler on
   ``SIGRTMIN + UTD_FAULTHANDLER_SIGNAL_OFFSET``, writing into ``<pid>.fh`` in the
   instance directory. The file starts with a one-line JSON header (the signal, the
   process's start time, the agent thread's ident); faulthandler appends below it.
@@ -23,24 +25,18 @@ This module imports neither Flask nor RPyC.
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import linecache
 import os
 import re
 import signal
 import time
-from typing import IO
 from typing import Any
 
 #: Suffix of the faulthandler file of a process, next to its ``.sock``.
 FH_SUFFIX = ".fh"
 #: A file larger than this is emptied (below its header) before the next signal.
 MAX_FILE = 1 << 20
-
-# What this process registered: (signal, pid, path, open file). One per process:
-# a signal has one handler, so the first agent of a process owns it.
-_registered: tuple[int, int, str, IO[str]] | None = None
 
 
 def signal_for(offset: int) -> int:
@@ -84,77 +80,6 @@ def catches(pid: int, signum: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
-
-
-def register(
-    directory: str,
-    signum: int,
-    agent_ident: int | None,
-    *,
-    role: str = "process",
-    worker_id: int | None = None,
-) -> str | None:
-    """Install faulthandler on ``signum`` in this process, writing into its own
-    ``<pid>.fh`` in ``directory``; a no-op if this process already did.
-
-    :returns: the file's path, or ``None`` if this process had registered already.
-    """
-    global _registered
-    pid = os.getpid()
-    if _registered is not None and _registered[1] == pid:
-        return None
-    forget_inherited()
-    path = fh_path(directory, pid)
-    header: dict[str, Any] = {"pid": pid, "signal": signum}
-    header["start_time"] = start_time(pid)
-    header.update(agent_ident=agent_ident, role=role, worker_id=worker_id)
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW, 0o600
-    )
-    f = os.fdopen(fd, "w")
-    f.write(json.dumps(header) + "\n")
-    f.flush()
-    # chain=False: the handler replaces nothing that the server relies on, since
-    # the signal is a real-time one that neither uWSGI nor gunicorn uses.
-    faulthandler.register(signum, file=f, all_threads=True, chain=False)
-    _registered = (signum, pid, path, f)
-    return path
-
-
-def forget_inherited() -> None:
-    """In a forked child: drop the parent's registration, which would write into
-    the parent's file. The child registers its own when its agent starts."""
-    global _registered
-    if _registered is None or _registered[1] == os.getpid():
-        return
-    signum, _pid, _path, f = _registered
-    _registered = None
-    try:
-        faulthandler.unregister(signum)
-    finally:
-        try:
-            f.close()
-        except OSError:
-            pass
-
-
-def unregister() -> None:
-    """Undo :func:`register` in this process and remove its file (used by tests
-    and at exit)."""
-    global _registered
-    if _registered is None:
-        return
-    signum, pid, path, f = _registered
-    if pid != os.getpid():
-        forget_inherited()
-        return
-    _registered = None
-    faulthandler.unregister(signum)
-    f.close()
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 _HEAD = re.compile(

@@ -23,11 +23,11 @@ from typing import NoReturn
 
 import click
 
-from .config import default_socket_dirs
-from .errors import EXIT_OK
-from .errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
-from .errors import EXIT_USAGE
-from .errors import InstanceNotFound
+from ..core.config import default_socket_dirs
+from ..core.errors import EXIT_OK
+from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
+from ..core.errors import EXIT_USAGE
+from ..core.errors import InstanceNotFound
 
 if TYPE_CHECKING:
     from flask import Blueprint
@@ -58,7 +58,7 @@ def run_dump(
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
-    from . import lean
+    from ..core import lean
 
     try:
         report = lean.collect_one(

@@ -29,6 +29,8 @@ from datetime import timezone
 from typing import TYPE_CHECKING
 from typing import Any
 
+from . import forks
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
@@ -151,10 +153,8 @@ def request_of(ident: int, now: float | None = None) -> dict[str, Any] | None:
     }
 
 
+@forks.renew_in_child
 def after_fork_in_child() -> None:
     """A forked child serves none of its parent's requests (only the forking
     thread exists there, and it is not serving)."""
     _current.clear()
-
-
-os.register_at_fork(after_in_child=after_fork_in_child)

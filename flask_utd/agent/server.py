@@ -1,18 +1,12 @@
-"""The agent: one thread per process that answers dump requests on a Unix socket.
+"""The agent's RPyC server: one thread, one poll loop, a few clients at once.
 
-The agent is per process, not per app: a process has one set of threads to dump,
-so apps in one process that share a socket directory share one agent. That is the
-one piece of state kept at module level here, keyed by socket path and by PID,
-and dropped in a forked child, which never inherits a parent's listening socket
-or thread.
+The loop waits on the listening socket and on every client with a selector and
+never blocks on any one client; see :class:`AgentServer`.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -23,23 +17,13 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-import rpyc
 from rpyc.core import Channel
 from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import Server
 
-from . import faultdump
-from . import sockets
-from .config import MAX_LOCALS_FRAMES
-from .frame_locals import LocalsRequest
-from .rpc import SERVER_CONFIG
-from .snapshot import AGENT_THREAD_NAME
-from .snapshot import process_report
+from ..core import sockets
 
 log = logging.getLogger("flask_utd")
-# RPyC logs every connection at INFO; a dump is not news.
-_rpyc_log = logging.getLogger("flask_utd.agent.rpyc")
-_rpyc_log.setLevel(logging.WARNING)
 
 #: How many clients the agent serves at once (see :class:`AgentServer`).
 MAX_CLIENTS = 16
@@ -55,163 +39,9 @@ CONNECTION_DEADLINE = 5.0
 MAX_FRAME = 64 * 1024
 _SEND_CHUNK = 256 * 1024
 _RECV_CHUNK = 64 * 1024
-#: Largest report one agent sends, in bytes of JSON (ASCII). A larger one has
-#: threads left out until it fits, and says so (``"report_truncated"``).
-MAX_REPORT_BYTES = 4 * 1024 * 1024
-#: Largest options payload a client may send to ``dump``.
-MAX_OPTIONS = 4096
 
 
-@dataclass
-class Agent:
-    """The agent of this process for one socket directory."""
-
-    pid: int
-    path: str
-    role: str
-    worker_id: int | None
-    unsafe: str | None
-    server: Server
-    thread: threading.Thread
-    #: What a dump that asks for locals gets (``UTD_LOCALS_*``), or ``None``
-    #: when the app did not set ``UTD_LOCALS = True``.
-    locals_policy: LocalsRequest | None = None
-
-
-_lock = threading.Lock()
-_agents: dict[str, Agent] = {}
-_atexit_pid: int | None = None
-
-
-def agent_idents() -> set[int]:
-    """Idents of this process's agent threads."""
-    pid = os.getpid()
-    return {
-        a.thread.ident
-        for a in list(_agents.values())
-        if a.pid == pid and a.thread.ident is not None
-    }
-
-
-def _error_report(agent: Agent, message: str) -> dict[str, Any]:
-    return {
-        "pid": os.getpid(),
-        "role": agent.role,
-        "worker_id": agent.worker_id,
-        "status": "error",
-        "error": message,
-        "threads": [],
-    }
-
-
-LOCALS_OFF = (
-    "locals are off in this app: set UTD_LOCALS = True in its config and restart"
-    " the server to allow `flask utd dump --locals` and `?locals=1`."
-)
-
-
-def _locals_request(
-    agent: Agent, options: dict[str, Any]
-) -> tuple[LocalsRequest | None, str | None]:
-    """What the ``locals`` dump option asks for: ``True`` (the app's
-    ``UTD_LOCALS_FRAMES``) or a number of frames; and why it is refused, if so."""
-    wanted = options.get("locals")
-    if wanted is None or wanted is False or wanted == 0:
-        return None, None
-    if wanted is not True and (type(wanted) is not int or wanted < 0):
-        raise ValueError("locals must be true or a number of frames")
-    policy = agent.locals_policy
-    if policy is None:
-        return None, LOCALS_OFF
-    frames = policy.frames if wanted is True else min(wanted, MAX_LOCALS_FRAMES)
-    return LocalsRequest(frames, policy.reprs, policy.budget), None
-
-
-def _bounded_json(report: dict[str, Any]) -> str:
-    """``report`` as JSON text of at most :data:`MAX_REPORT_BYTES`: if it is
-    larger, threads are left out (the agent's own last) until it fits, and the
-    report says so with ``"threads_truncated"`` and ``"report_truncated"``."""
-    text = json.dumps(report, default=repr)
-    if len(text) <= MAX_REPORT_BYTES:
-        return text
-    threads = report["threads"]
-    others = [t for t in threads if not t.get("is_agent")]
-    agents = [t for t in threads if t.get("is_agent")]
-    already = report.get("threads_truncated", 0)
-    keep = len(others)
-    while True:
-        if keep:
-            keep //= 2
-            kept = others[:keep] + agents
-        else:
-            kept = []
-        smaller = dict(
-            report,
-            threads=kept,
-            threads_truncated=already + len(threads) - len(kept),
-            report_truncated=True,
-        )
-        text = json.dumps(smaller, default=repr)
-        if len(text) <= MAX_REPORT_BYTES or not kept:
-            return text
-
-
-class UTDService(rpyc.Service):  # type: ignore[misc]
-    """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
-
-    Both return a JSON string, so nothing but plain data crosses the socket.
-    """
-
-    def __init__(self, agent: Agent | None = None) -> None:
-        super().__init__()
-        self._agent = agent
-
-    def exposed_dump(self, options: str = "{}") -> str:
-        """The ``flask-utd/1`` report of this process, as JSON text.
-
-        :param options: a JSON object of dump options, as text.
-        """
-        agent = self._agent
-        assert agent is not None
-        try:
-            if type(options) is not str or len(options) > MAX_OPTIONS:
-                raise ValueError("options must be a JSON object as text")
-            parsed = json.loads(options)
-            if not isinstance(parsed, dict):
-                raise ValueError("options must be a JSON object")
-            locals_request, locals_error = _locals_request(agent, parsed)
-        except ValueError as err:
-            return json.dumps(_error_report(agent, f"bad dump request: {err}"))
-        try:
-            report = process_report(
-                role=agent.role,
-                worker_id=agent.worker_id,
-                agent_idents=agent_idents(),
-                unsafe=agent.unsafe,
-                locals_request=locals_request,
-                locals_error=locals_error,
-            )
-            return _bounded_json(report)
-        except Exception as err:  # the agent must answer, whatever happened
-            log.exception("flask-utd: the dump of this process failed")
-            return json.dumps(
-                _error_report(
-                    agent,
-                    f"the agent failed to dump this process ({type(err).__name__}:"
-                    f" {err}); see this process's log and report it as a bug.",
-                )
-            )
-
-    def exposed_info(self) -> str:
-        """Who this agent is: pid, role, worker id, as JSON text."""
-        agent = self._agent
-        assert agent is not None
-        return json.dumps(
-            {"pid": os.getpid(), "role": agent.role, "worker_id": agent.worker_id}
-        )
-
-
-def _authenticate(sock: Any) -> tuple[Any, int]:
+def authenticate(sock: Any) -> tuple[Any, int]:
     """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``).
 
     The credentials it returns are the peer's pid.
@@ -607,183 +437,3 @@ class AgentServer(Server):  # type: ignore[misc]
                 closable.close()
             except OSError:
                 pass
-
-
-def _forget_inherited() -> None:
-    """In a forked child: drop the parent's agents and close our copies of their
-    listening sockets. The files stay: they belong to the parent."""
-    pid = os.getpid()
-    for path, agent in list(_agents.items()):
-        if agent.pid != pid:
-            del _agents[path]
-            agent.server.forget_in_child()
-
-
-def _cleanup() -> None:
-    # atexit handlers are inherited through fork: only remove our own sockets.
-    pid = os.getpid()
-    for agent in list(_agents.values()):
-        if agent.pid == pid:
-            try:
-                os.unlink(agent.path)
-            except OSError:
-                pass
-    faultdump.unregister()
-
-
-def sweep(directory: str) -> None:
-    """Remove what processes of this instance that are gone left behind.
-
-    A worker killed by SIGKILL or harakiri runs no atexit, and nothing in the
-    uWSGI master runs when one dies: the next process to start its agent
-    clears their sockets and notes. Only files of PIDs that no longer exist go;
-    a live process's socket is never touched (it may be binding right now).
-    """
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    me = os.getpid()
-    for name in names:
-        base, ext = os.path.splitext(name)
-        if ext == ".new":
-            # A socket still being bound (see start_agent), by a process that
-            # may have been killed before it renamed it.
-            base, ext = os.path.splitext(base.split(".", 1)[0] + sockets.SOCKET_SUFFIX)
-        if not base.isdigit() or int(base) == me:
-            continue
-        if ext in (sockets.SOCKET_SUFFIX, sockets.UNSAFE_SUFFIX, faultdump.FH_SUFFIX):
-            if not sockets.pid_alive(int(base)):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except OSError:
-                    pass
-
-
-def start_agent(
-    socket_dir: str,
-    instance: str,
-    *,
-    role: str,
-    worker_id: int | None,
-    unsafe: str | None = None,
-    fault_signal: int | None = None,
-    locals_policy: LocalsRequest | None = None,
-) -> Agent:
-    """Start this process's agent for ``socket_dir`` unless it already runs.
-
-    :param socket_dir: the ``UTD_SOCKET_DIR``.
-    :param instance: the server instance (its master's pid, as text).
-    :param role: ``"master"``, ``"worker"`` or ``"process"``.
-    :param worker_id: the server's number for this worker, or ``None``.
-    :param unsafe: why this process's stacks cannot be read safely, if so.
-    :param fault_signal: register :mod:`faulthandler` on this signal, writing
-        into this process's ``<pid>.fh`` (not in an unsafe process, where it could
-        read the parent's thread states).
-    :param locals_policy: what a dump that asks for locals gets; ``None`` (the
-        default) refuses locals. Apps that share a socket directory in one
-        process share its agent: the first one to start it decides.
-    :raises SocketDirError: the socket directory is not private or not ours.
-    """
-    global _atexit_pid
-    with _lock:
-        _forget_inherited()
-        pid = os.getpid()
-        path = sockets.socket_path(socket_dir, instance, pid)
-        existing = _agents.get(path)
-        if existing is not None:
-            return existing
-        sockets.ensure_private_dir(socket_dir)
-        directory = sockets.instance_dir(socket_dir, instance)
-        sockets.ensure_private_dir(directory)
-        sweep(directory)
-        # Bound under a temporary name and renamed once it listens, so that the
-        # socket is never seen bound but refusing (which a collector would take
-        # for a stale socket and remove).
-        binding = f"{path}.{os.getpid()}.new"
-        for leftover in (path, binding):
-            try:
-                # Left by an earlier process with our PID: no one can listen on it.
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        service = UTDService()
-        server = AgentServer(
-            service,
-            socket_path=binding,
-            authenticator=_authenticate,
-            protocol_config=dict(SERVER_CONFIG),
-            logger=_rpyc_log,
-            listener_timeout=None,
-        )
-        # Connections are possible only after listen(): the mode is final by then.
-        os.chmod(binding, 0o600)
-        thread = threading.Thread(
-            target=server.start, name=AGENT_THREAD_NAME, daemon=True
-        )
-        agent = Agent(pid, path, role, worker_id, unsafe, server, thread, locals_policy)
-        service._agent = agent
-        server._listen()
-        os.rename(binding, path)
-        thread.start()
-        _agents[path] = agent
-        if fault_signal is not None and unsafe is None:
-            try:
-                faultdump.register(
-                    directory,
-                    fault_signal,
-                    thread.ident,
-                    role=role,
-                    worker_id=worker_id,
-                )
-            except (OSError, ValueError, RuntimeError):
-                log.exception("flask-utd: faulthandler could not be registered")
-        if _atexit_pid != pid:
-            atexit.register(_cleanup)
-            _atexit_pid = pid
-    log.debug("flask-utd: agent of pid %d (%s) listens on %s", pid, role, path)
-    return agent
-
-
-def stop_agents() -> None:
-    """Stop this process's agents and remove their sockets (used by tests)."""
-    with _lock:
-        pid = os.getpid()
-        for path, agent in list(_agents.items()):
-            if agent.pid == pid:
-                agent.server.close()
-                agent.thread.join(2)
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            del _agents[path]
-        faultdump.unregister()
-
-
-def leave_unsafe_note(
-    socket_dir: str, instance: str, *, role: str, worker_id: int | None, message: str
-) -> None:
-    """Record that this process runs no agent, and why, for the collector to report."""
-    sockets.ensure_private_dir(socket_dir)
-    sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
-    path = sockets.unsafe_note_path(socket_dir, instance, os.getpid())
-    data = json.dumps({"role": role, "worker_id": worker_id, "error": message})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-
-
-def after_fork_in_child() -> None:
-    """Forget the parent's agents in a forked child (called on every kind of fork).
-
-    The lock is made anew: a thread of the parent may have held it at the fork,
-    and that thread does not exist here.
-    """
-    global _lock
-    _lock = threading.Lock()
-    _forget_inherited()
-    faultdump.forget_inherited()
-
-
-os.register_at_fork(after_in_child=after_fork_in_child)

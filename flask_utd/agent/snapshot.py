@@ -5,6 +5,7 @@ Runs in the agent thread of the process being dumped, never in a request thread.
 
 from __future__ import annotations
 
+import gc
 import linecache
 import os
 import sys
@@ -19,6 +20,8 @@ from . import tracking
 from . import waits
 from .frame_locals import LocalsRequest
 from .frame_locals import collect_locals
+from .ghosts import ghost_message
+from .ghosts import ghost_threads
 
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
@@ -39,41 +42,6 @@ class ThreadReports(list[dict[str, Any]]):
     """The thread entries of a process, and how many threads were left out."""
 
     omitted: int = 0
-
-
-def live_native_ids() -> set[int] | None:
-    """The native ids of the threads this process really has (``/proc/self/task``)."""
-    try:
-        return {int(name) for name in os.listdir("/proc/self/task")}
-    except OSError:
-        return None
-
-
-def ghost_threads() -> list[threading.Thread]:
-    """Threads Python still lists that do not exist in this process.
-
-    uWSGI forks in C; unless it is told to call Python's fork hooks, a worker keeps
-    the thread states of the master's threads. ``threading.enumerate()`` still
-    lists them and their native ids are not in ``/proc/self/task``. The main thread
-    is left out: it is the thread that forked, alive under a new native id.
-
-    Python's list is read before ``/proc``, and a thread counts only if it is still
-    alive after: a thread that starts or ends meanwhile is never taken for a ghost
-    (a ghost stays "alive" for ever, its state copied from the parent).
-    """
-    listed = threading.enumerate()
-    tasks = live_native_ids()
-    if tasks is None:
-        return []
-    main = threading.main_thread()
-    return [
-        t
-        for t in listed
-        if t is not main
-        and t.native_id is not None
-        and t.native_id not in tasks
-        and t.is_alive()
-    ]
 
 
 def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
@@ -170,6 +138,21 @@ def _main_native_id() -> int | None:
     return os.getpid()
 
 
+def current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()``, with the garbage collector held off on Python
+    3.11: there it builds its dict while holding the lock on the thread list, and
+    a collection triggered by that allocation which frees a ``threading.local``
+    takes the same lock, and the whole process hangs (docs/uwsgi.rst, "Found the
+    hard way"; tests/test_snapshot.py reproduces it)."""
+    if sys.version_info[:2] != (3, 11) or not gc.isenabled():
+        return sys._current_frames()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        gc.enable()
+
+
 def thread_reports(
     agent_idents: Collection[int], locals_request: LocalsRequest | None = None
 ) -> tuple[ThreadReports, dict[str, Any] | None]:
@@ -189,7 +172,7 @@ def thread_reports(
     main_native = _main_native_id()
     me = threading.get_ident()
     now = time.monotonic()
-    current = sys._current_frames()
+    current = current_frames()
     with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
     threads = ThreadReports()
     agents: list[dict[str, Any]] = []
@@ -321,15 +304,3 @@ def process_report(
     elif locals_entry is not None:
         report["locals"] = locals_entry
     return report
-
-
-def ghost_message(ghosts: Collection[threading.Thread]) -> str:
-    """Why a process with ghost thread states is not dumped, and what to do."""
-    names = ", ".join(sorted(repr(t.name) for t in ghosts))
-    return (
-        f"this process was forked without Python's fork hooks and still holds the"
-        f" states of {len(ghosts)} thread(s) of its parent ({names}); reading its"
-        " stacks could crash it (SIGSEGV on Python 3.11) or show the parent's"
-        " stacks. Under uWSGI, add `py-call-uwsgi-fork-hooks = true` to the [uwsgi]"
-        " section of uwsgi.ini."
-    )

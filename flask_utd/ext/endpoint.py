@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from typing import Any
 
@@ -22,8 +21,9 @@ from flask import current_app
 from flask import render_template
 from flask import request
 
-from .servers import current_place
-from .servers import roster
+from ..agent import forks
+from ..servers.place import current_place
+from ..servers.place import roster
 
 #: The representations of the report, by ``?format=``.
 FORMATS = {
@@ -41,14 +41,12 @@ COLLECT_WAIT = 0.5
 _collecting = threading.Lock()
 
 
+@forks.renew_in_child
 def after_fork_in_child() -> None:
     """Make the collection lock anew in a forked child: a thread of the parent
     (the admin listener) may have held it at the fork, and does not exist here."""
     global _collecting
     _collecting = threading.Lock()
-
-
-os.register_at_fork(after_in_child=after_fork_in_child)
 
 
 def _error(status: int, message: str, **headers: str) -> Response:
@@ -83,7 +81,7 @@ def dump() -> Response:
     403 with a JSON error when it is missing, malformed, tampered with or
     expired, and then nothing is collected.
     """
-    from . import collector
+    from ..core import collector
     from .signing import MAX_TOKEN_CHARS
     from .signing import BadToken
     from .signing import check_token
@@ -124,8 +122,8 @@ def dump() -> Response:
 
 
 def _represent(report: dict[str, Any], fmt: str) -> Response:
-    from .render import page_context
-    from .render import render_text
+    from ..core.render import page_context
+    from ..core.render import render_text
 
     if fmt == "json":
         # Compact: json.dumps encodes in C only without indent; indented, a report

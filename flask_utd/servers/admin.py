@@ -27,6 +27,8 @@ from werkzeug.exceptions import NotFound
 from werkzeug.serving import BaseWSGIServer
 from werkzeug.serving import WSGIRequestHandler
 
+from ..agent import forks
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
@@ -170,6 +172,7 @@ def stop_admin() -> None:
         _listeners.remove(listener)
 
 
+@forks.renew_in_child
 def after_fork_in_child() -> None:
     """In a forked child: close the copies of the parent's listening socket and
     of the connection it was serving. The thread does not exist here."""
@@ -185,6 +188,3 @@ def after_fork_in_child() -> None:
                     sock.close()
                 except OSError:
                     pass
-
-
-os.register_at_fork(after_in_child=after_fork_in_child)

@@ -1,0 +1,160 @@
+"""The agent's RPyC service: ``dump`` and ``info``, nothing else.
+
+Both answer JSON text, so nothing but plain data crosses the socket. The dump
+runs in the agent's thread, where RPyC calls the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import rpyc
+
+from ..core.config import MAX_LOCALS_FRAMES
+from .frame_locals import LocalsRequest
+from .snapshot import process_report
+
+log = logging.getLogger("flask_utd")
+
+#: Largest report one agent sends, in bytes of JSON (ASCII). A larger one has
+#: threads left out until it fits, and says so (``"report_truncated"``).
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+#: Largest options payload a client may send to ``dump``.
+MAX_OPTIONS = 4096
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What the service says of its process, besides the stacks."""
+
+    #: ``"master"``, ``"worker"``, ``"process"``, ``"mule"`` or ``"spooler"``.
+    role: str
+    #: The server's number for this worker, or ``None``.
+    worker_id: int | None
+    #: Why this process's stacks cannot be read safely, if so.
+    unsafe: str | None = None
+    #: What a dump that asks for locals gets (``UTD_LOCALS_*``), or ``None``
+    #: when the app did not set ``UTD_LOCALS = True``.
+    locals_policy: LocalsRequest | None = None
+
+
+def _error_report(agent: AgentInfo, message: str) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "role": agent.role,
+        "worker_id": agent.worker_id,
+        "status": "error",
+        "error": message,
+        "threads": [],
+    }
+
+
+LOCALS_OFF = (
+    "locals are off in this app: set UTD_LOCALS = True in its config and restart"
+    " the server to allow `flask utd dump --locals` and `?locals=1`."
+)
+
+
+def _locals_request(
+    agent: AgentInfo, options: dict[str, Any]
+) -> tuple[LocalsRequest | None, str | None]:
+    """What the ``locals`` dump option asks for: ``True`` (the app's
+    ``UTD_LOCALS_FRAMES``) or a number of frames; and why it is refused, if so."""
+    wanted = options.get("locals")
+    if wanted is None or wanted is False or wanted == 0:
+        return None, None
+    if wanted is not True and (type(wanted) is not int or wanted < 0):
+        raise ValueError("locals must be true or a number of frames")
+    policy = agent.locals_policy
+    if policy is None:
+        return None, LOCALS_OFF
+    frames = policy.frames if wanted is True else min(wanted, MAX_LOCALS_FRAMES)
+    return LocalsRequest(frames, policy.reprs, policy.budget), None
+
+
+def _bounded_json(report: dict[str, Any]) -> str:
+    """``report`` as JSON text of at most :data:`MAX_REPORT_BYTES`: if it is
+    larger, threads are left out (the agent's own last) until it fits, and the
+    report says so with ``"threads_truncated"`` and ``"report_truncated"``."""
+    text = json.dumps(report, default=repr)
+    if len(text) <= MAX_REPORT_BYTES:
+        return text
+    threads = report["threads"]
+    others = [t for t in threads if not t.get("is_agent")]
+    agents = [t for t in threads if t.get("is_agent")]
+    already = report.get("threads_truncated", 0)
+    keep = len(others)
+    while True:
+        if keep:
+            keep //= 2
+            kept = others[:keep] + agents
+        else:
+            kept = []
+        smaller = dict(
+            report,
+            threads=kept,
+            threads_truncated=already + len(threads) - len(kept),
+            report_truncated=True,
+        )
+        text = json.dumps(smaller, default=repr)
+        if len(text) <= MAX_REPORT_BYTES or not kept:
+            return text
+
+
+class UTDService(rpyc.Service):  # type: ignore[misc]
+    """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
+
+    Both return a JSON string, so nothing but plain data crosses the socket.
+    """
+
+    def __init__(self, agent: AgentInfo, own_idents: Callable[[], set[int]]) -> None:
+        super().__init__()
+        self._agent = agent
+        self._own_idents = own_idents
+
+    def exposed_dump(self, options: str = "{}") -> str:
+        """The ``flask-utd/1`` report of this process, as JSON text.
+
+        :param options: a JSON object of dump options, as text.
+        """
+        agent = self._agent
+        try:
+            if type(options) is not str or len(options) > MAX_OPTIONS:
+                raise ValueError("options must be a JSON object as text")
+            parsed = json.loads(options)
+            if not isinstance(parsed, dict):
+                raise ValueError("options must be a JSON object")
+            locals_request, locals_error = _locals_request(agent, parsed)
+        except ValueError as err:
+            return json.dumps(_error_report(agent, f"bad dump request: {err}"))
+        try:
+            report = process_report(
+                role=agent.role,
+                worker_id=agent.worker_id,
+                agent_idents=self._own_idents(),
+                unsafe=agent.unsafe,
+                locals_request=locals_request,
+                locals_error=locals_error,
+            )
+            return _bounded_json(report)
+        except Exception as err:  # the agent must answer, whatever happened
+            log.exception("flask-utd: the dump of this process failed")
+            return json.dumps(
+                _error_report(
+                    agent,
+                    f"the agent failed to dump this process ({type(err).__name__}:"
+                    f" {err}); see this process's log and report it as a bug.",
+                )
+            )
+
+    def exposed_info(self) -> str:
+        """Who this agent is: pid, role, worker id, as JSON text."""
+        agent = self._agent
+        return json.dumps(
+            {"pid": os.getpid(), "role": agent.role, "worker_id": agent.worker_id}
+        )

@@ -1,0 +1,88 @@
+"""uWSGI: its module, its options, and the ``postfork`` hook that starts the agent
+in every worker.
+
+uWSGI forks its workers in C. Unless it runs with ``py-call-uwsgi-fork-hooks``,
+Python's fork handlers do not run in a worker, and the worker keeps the thread
+states of the master's threads (docs/uwsgi.rst): the ``postfork`` hook renews what
+flask-utd keeps (:func:`flask_utd.agent.forks.after_fork`) and checks for such
+"ghost" threads before the worker's agent starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..agent import forks
+from ..agent.ghosts import ghost_message
+from ..agent.ghosts import ghost_threads
+
+log = logging.getLogger("flask_utd")
+
+#: The option that makes uWSGI run Python's fork hooks around its forks.
+FORK_HOOKS_OPTION = "py-call-uwsgi-fork-hooks"
+
+
+def uwsgi_module() -> Any | None:
+    """The ``uwsgi`` module, which exists only inside a uWSGI process."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    return uwsgi
+
+
+def option(name: str) -> bool:
+    """Whether the uWSGI flag ``name`` is on in this server's configuration."""
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
+        return False
+    value = uwsgi.opt.get(name)
+    if isinstance(value, list):
+        value = value[-1]
+    if isinstance(value, bytes):
+        return value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
+    return bool(value)
+
+
+def fork_hooks_on() -> bool:
+    """Whether uWSGI runs Python's fork hooks (``py-call-uwsgi-fork-hooks``)."""
+    return option(FORK_HOOKS_OPTION)
+
+
+#: What each worker does right after uWSGI forks it, once its inherited state
+#: is renewed: given the ghost message (``None`` when the worker is safe).
+_in_worker: list[Callable[[str | None], None]] = []
+
+
+def on_postfork(start: Callable[[str | None], None]) -> None:
+    """Call ``start(unsafe)`` in every worker uWSGI forks from now on, where
+    ``unsafe`` says why its stacks cannot be read (ghost threads), or is ``None``.
+    Needs a uWSGI master (``uwsgidecorators.postfork``)."""
+    if not _in_worker:
+        from uwsgidecorators import postfork
+
+        postfork(_postfork)
+    if start not in _in_worker:
+        _in_worker.append(start)
+
+
+def _postfork() -> None:
+    """In a uWSGI worker, right after uWSGI forked it from the master."""
+    # Without Python's fork hooks, os.register_at_fork handlers did not run.
+    forks.after_fork()
+    ghosts = ghost_threads()
+    unsafe = ghost_message(ghosts) if ghosts else None
+    if unsafe:
+        log.warning("flask-utd: worker pid %d: %s", os.getpid(), unsafe)
+    for start in _in_worker:
+        start(unsafe)
+
+
+def log_to_server(message: str) -> None:
+    """Write ``message`` to uWSGI's own log (where its start-up lines are)."""
+    uwsgi = uwsgi_module()
+    if uwsgi is not None:
+        uwsgi.log(message)
