@@ -537,8 +537,10 @@ def measure_endpoint(server: UwsgiServer, socket_dir: str) -> float | None:
 
 def bare_walk() -> int:
     """The least a thread dump does: every thread's frames as (file, line, name)."""
+    from flask_utd.agent.threads import current_frames  # the GC-safe call on 3.11
+
     count = 0
-    for frame in sys._current_frames().values():
+    for frame in current_frames().values():
         stack = []
         while frame is not None:
             code = frame.f_code
@@ -578,20 +580,20 @@ def parked_threads(count: int, depth: int) -> Iterator[None]:
 
 
 def bench_snapshot(table: Table) -> None:
-    from flask_utd.agent import snapshot
+    from flask_utd.agent import threads
     from flask_utd.agent.snapshot import process_report
     from flask_utd.agent.snapshot import thread_reports
 
     # The snapshot reports at most MAX_THREADS threads (if the limit exists):
     # raised here, so that both sides walk every thread.
-    cap = getattr(snapshot, "MAX_THREADS", None)
+    cap = getattr(threads, "MAX_THREADS", None)
     if cap is not None:
-        snapshot.MAX_THREADS = max(cap, max(THREAD_COUNTS) + 100)
+        threads.MAX_THREADS = max(cap, max(THREAD_COUNTS) + 100)
     try:
         _bench_snapshot(table, process_report, thread_reports)
     finally:
         if cap is not None:
-            snapshot.MAX_THREADS = cap
+            threads.MAX_THREADS = cap
 
 
 def _bench_snapshot(
@@ -602,19 +604,22 @@ def _bench_snapshot(
             snap: list[float] = []
             bare: list[float] = []
             full: list[float] = []
-            thread_reports(())  # warm linecache, as a running agent has it
+            thread_reports()  # warm linecache, as a running agent has it
             for _ in range(SNAPSHOT_REPS):
                 started = time.perf_counter()
                 bare_walk()
                 bare.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                threads = thread_reports(())
+                threads = thread_reports()
                 snap.append(time.perf_counter() - started)
                 if isinstance(threads, tuple):  # (threads, locals) since issue 4
                     threads = threads[0]
                 started = time.perf_counter()
                 json.dumps(
-                    process_report(role="process", worker_id=None, agent_idents=())
+                    process_report(
+                        role="process",
+                        worker_id=None,
+                    )
                 )
                 full.append(time.perf_counter() - started)
             assert len(threads) > count

@@ -173,6 +173,7 @@ def test_admin_listener_answers_while_every_worker_is_stuck(
     assert admin["daemon"]
     # The admin thread only collects; the master's dump is its agent's.
     assert any(f["function"] == "collect" for f in admin["frames"])
+    assert admin["own"] == "collector"  # marked while it collects, then "admin"
     assert not any(f["function"] == "process_report" for f in admin["frames"])
 
     # The same signature rules, and nothing but /_utd/.

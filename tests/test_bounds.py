@@ -16,6 +16,7 @@ import pytest
 
 from flask_utd.agent import service as agent_module
 from flask_utd.agent import snapshot
+from flask_utd.agent import threads as thread_source
 from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
@@ -57,13 +58,13 @@ def test_two_thousand_threads(
     ]
     for thread in threads:
         thread.start()
-    total = len(snapshot.current_frames())
-    assert total > snapshot.MAX_THREADS
+    total = len(thread_source.current_frames())
+    assert total > thread_source.MAX_THREADS
     process, elapsed = dump(socket_dir)
     given = process["threads"]
-    assert len(given) == snapshot.MAX_THREADS + 1  # and the agent, always
-    assert given[-1]["is_agent"]
-    # The collector's own thread may have come and gone meanwhile.
+    # And flask-utd's own, always: the agent, and this thread, collecting.
+    assert len(given) == thread_source.MAX_THREADS + 2
+    assert {t["own"] for t in given[-2:]} == {"agent", "collector"}
     assert total <= process["threads_truncated"] + len(given) <= total + 2
     # The main thread is among those given, and the oldest threads.
     idents = {t["ident"] for t in given}
@@ -114,7 +115,7 @@ def test_five_thousand_deep_recursion(
 
 def depth_of(thread: threading.Thread) -> int:
     assert thread.ident is not None
-    frame = snapshot.current_frames().get(thread.ident)
+    frame = thread_source.current_frames().get(thread.ident)
     depth = 0
     while frame is not None:
         depth += 1
@@ -135,7 +136,7 @@ def test_report_size_cap(
     for thread in threads:
         thread.start()
     monkeypatch.setattr(agent_module, "MAX_REPORT_BYTES", 50_000)
-    total = len(snapshot.current_frames())
+    total = len(thread_source.current_frames())
     process, _ = dump(socket_dir)
     assert len(json.dumps(process)) <= 50_000
     assert process["report_truncated"] is True
@@ -155,7 +156,7 @@ def test_long_source_lines_are_cut(tmp_path: Path, release: threading.Event) -> 
     thread = threading.Thread(target=namespace["wait"], args=(release,), daemon=True)
     thread.start()
     wait_for(lambda: depth_of(thread) > 0)
-    reports, _locals = snapshot.thread_reports(agent_idents=())
+    reports, _locals = snapshot.thread_reports()
     (mine,) = [t for t in reports if t["ident"] == thread.ident]
     frame = next(f for f in mine["frames"] if f["file"] == str(module))
     assert len(frame["code"]) == snapshot.MAX_CODE_CHARS

@@ -89,9 +89,7 @@ def _view_locals(report: dict[str, Any]) -> dict[str, str]:
 def test_builtin_values_shown_secrets_redacted_no_repr_called(stuck_view) -> None:  # type: ignore[no-untyped-def]
     ask = LocalsRequest(frames=3, reprs="builtin", budget=0.5)
     started = time.monotonic()
-    report = process_report(
-        role="process", worker_id=None, agent_idents=(), locals_request=ask
-    )
+    report = process_report(role="process", worker_id=None, locals_request=ask)
     elapsed = time.monotonic() - started
     shown = _view_locals(report)
     assert shown["user_id"] == "7" and shown["cart"] == "[1, 'a', None]"
@@ -120,9 +118,7 @@ def test_builtin_values_shown_secrets_redacted_no_repr_called(stuck_view) -> Non
 def test_own_reprs_raise_or_block_within_the_budget(stuck_view) -> None:  # type: ignore[no-untyped-def]
     ask = LocalsRequest(frames=3, reprs="all", budget=0.3)
     started = time.monotonic()
-    report = process_report(
-        role="process", worker_id=None, agent_idents=(), locals_request=ask
-    )
+    report = process_report(role="process", worker_id=None, locals_request=ask)
     elapsed = time.monotonic() - started
     shown = _view_locals(report)
     assert shown["nice"] == "<Nice id=5>"
@@ -134,9 +130,7 @@ def test_own_reprs_raise_or_block_within_the_budget(stuck_view) -> None:  # type
     # The dump did not wait for the blocked repr (30 s): the budget, plus slack.
     assert elapsed < 5
     # While that repr is still blocked, later dumps call no __repr__ at all.
-    again = process_report(
-        role="process", worker_id=None, agent_idents=(), locals_request=ask
-    )
+    again = process_report(role="process", worker_id=None, locals_request=ask)
     assert _view_locals(again)["nice"].startswith("<tests.test_locals.Nice object")
     assert "still blocked" in again["locals"]["notes"][0]
     helper = next(t for t in again["threads"] if t["name"] == "utd-repr")

@@ -5,12 +5,20 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from demo_app.server import ROOT
 from flask_utd.agent.ghosts import ghost_threads
 from flask_utd.agent.snapshot import process_report
+from flask_utd.core import marks
+from tests.conftest import SUPPORTED
+from tests.conftest import need_uwsgi
 from tests.conftest import wait_for
 
 
@@ -26,7 +34,10 @@ def test_every_thread_python_knows_is_in_the_dump() -> None:
     t.start()
     try:
         ready.wait(5)
-        report = process_report(role="process", worker_id=None, agent_idents=())
+        report = process_report(
+            role="process",
+            worker_id=None,
+        )
         known = set(sys._current_frames())
     finally:
         release.set()
@@ -48,18 +59,18 @@ def test_every_thread_python_knows_is_in_the_dump() -> None:
 
 
 def test_agent_threads_are_marked_and_last() -> None:
-    report = process_report(
-        role="worker", worker_id=3, agent_idents={threading.get_ident()}
-    )
+    with marks.marking("agent"):
+        report = process_report(role="worker", worker_id=3)
     assert report["role"] == "worker" and report["worker_id"] == 3
-    assert report["threads"][-1]["is_agent"] is True
-    assert report["threads"][-1]["ident"] == threading.get_ident()
+    last = report["threads"][-1]
+    assert last["is_agent"] is True and last["own"] == "agent"
+    assert last["ident"] == threading.get_ident()
+    assert all(t["own"] is None for t in report["threads"][:-1])
+    assert {t["kind"] for t in report["threads"]} == {"thread"}
 
 
 def test_unsafe_process_reports_why_and_no_stacks() -> None:
-    report = process_report(
-        role="worker", worker_id=1, agent_idents=(), unsafe="because; do X"
-    )
+    report = process_report(role="worker", worker_id=1, unsafe="because; do X")
     assert report["status"] == "unsafe"
     assert report["error"] == "because; do X"
     assert report["threads"] == []
@@ -78,7 +89,10 @@ def test_ghost_threads_are_found_after_a_fork_in_c() -> None:
         if pid == 0:  # the child: report and leave at once
             try:
                 ghosts = [g.name for g in ghost_threads()]
-                report = process_report(role="worker", worker_id=1, agent_idents=())
+                report = process_report(
+                    role="worker",
+                    worker_id=1,
+                )
                 out = json.dumps({"ghosts": ghosts, "report": report})
             except BaseException as err:  # pragma: no cover - shown by the parent
                 out = json.dumps({"error": repr(err)})
@@ -136,13 +150,13 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     # Past the barrier, each thread still has a line to go: wait for both.
     wait_for(
         lambda: (
-            [f["code"] for f in park_frames(thread_reports(())[0])]
+            [f["code"] for f in park_frames(thread_reports()[0])]
             == ["release.wait()"] * 2
         )
     )
     try:
-        plain, _ = thread_reports(())
-        with_locals, _ = thread_reports((), LocalsRequest(10, "builtin", 2.0))
+        plain, _ = thread_reports()
+        with_locals, _ = thread_reports(LocalsRequest(10, "builtin", 2.0))
     finally:
         release.set()
 
@@ -179,3 +193,53 @@ def test_threads_starting_and_ending_are_never_taken_for_ghosts() -> None:
         for spinner in spinners:
             spinner.join(10)
     assert found == []
+
+
+# A dump with the garbage collector about to free a threading.local: on Python
+# 3.11, sys._current_frames() allocates while holding the lock on the thread
+# list, the collection it triggers frees the local, whose clean-up takes the same
+# lock, and the whole process hangs (the GIL is held throughout).
+GC_DURING_DUMP = """
+import gc, json, threading
+from flask_utd.agent.snapshot import process_report
+
+release = threading.Event()
+for n in range(50):
+    threading.Thread(target=release.wait, daemon=True).start()
+
+class Holder:
+    pass
+
+def garbage():
+    holder = Holder()
+    holder.me = holder
+    holder.local = threading.local()
+    holder.local.value = 1
+
+gc.collect()
+gc.set_threshold(1)
+for _ in range(20):
+    garbage()
+    report = process_report(role="process", worker_id=None)
+gc.set_threshold(700)
+print(json.dumps({"status": report["status"], "threads": len(report["threads"])}))
+release.set()
+"""
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_a_dump_survives_a_collection_that_frees_a_thread_local(
+    version: str,
+) -> None:
+    python = Path(need_uwsgi(version)).parent / "python"
+    done = subprocess.run(
+        [str(python), "-c", GC_DURING_DUMP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "ok" and result["threads"] >= 51

@@ -201,17 +201,44 @@ def test_what_belongs_to_the_app() -> None:
     assert app_frame(IDLE) is None
 
 
-def test_the_threads_making_the_dump_are_noise() -> None:
-    from flask_utd.core.render import collects_this_dump
+def test_flask_utds_own_threads_are_noise_by_their_mark() -> None:
+    from flask_utd.core.render import is_own
+    from flask_utd.core.render import page_context
 
-    def thread(file: str, function: str) -> dict[str, Any]:
-        return {"frames": [{"file": file, "line": 1, "function": function}]}
+    def thread(ident: int, own: str | None) -> dict[str, Any]:
+        # Frames that look like flask-utd's own: only the mark counts.
+        frames = [
+            {
+                "file": f"{SITE}/flask_utd/core/collector.py",
+                "line": 1,
+                "function": "collect",
+                "code": None,
+            }
+        ]
+        marks = {"own": own, "is_agent": own == "agent", "wait": None}
+        return _thread(ident, frames) | marks
 
-    for module, function in (
-        ("endpoint", "dump"),
-        ("collector", "collect"),
-        ("collector", "ask"),
-        ("collector", "_fallback"),  # a thread asking faulthandler for stacks
-    ):
-        assert collects_this_dump(thread(f"{SITE}/flask_utd/{module}.py", function))
-    assert not collects_this_dump(thread("/srv/shop/views.py", "collect"))
+    report = {
+        "processes": [
+            {
+                "pid": 1,
+                "role": "worker",
+                "worker_id": 1,
+                "status": "ok",
+                "error": None,
+                "threads": [
+                    thread(1, None),
+                    thread(2, "agent"),
+                    thread(3, "admin"),
+                    thread(4, "collector"),
+                ],
+            }
+        ]
+    }
+    (process,) = page_context(report)["processes"]  # type: ignore[arg-type]
+    states = {t["ident"]: (t["noise"], t["state"]) for t in process["threads"]}
+    assert states[1][0] is False
+    assert states[2] == (True, "flask-utd agent")
+    assert states[3] == (True, "flask-utd admin listener")
+    assert states[4] == (True, "collecting this dump")
+    assert not is_own({"frames": []}) and is_own({"is_agent": True})

@@ -60,7 +60,10 @@ def _serve_in_thread(app: Flask, url: str, **kwargs: Any) -> threading.Thread:
 
 
 def _thread_of(t: threading.Thread) -> dict[str, Any]:
-    report = process_report(role="process", worker_id=None, agent_idents=())
+    report = process_report(
+        role="process",
+        worker_id=None,
+    )
     return next(th for th in report["threads"] if th["ident"] == t.ident)
 
 

@@ -119,7 +119,8 @@ def test_stuck_workers_and_master_thread_appear(
             if any(f["function"] == "process_report" for f in t["frames"])
         ]
         assert [t["name"] for t in dumpers] == ["utd-agent"]
-        assert dumpers[0]["is_agent"]
+        assert dumpers[0]["is_agent"] and dumpers[0]["own"] == "agent"
+        assert hello["own"] is None and hello["kind"] == "thread"
     assert_threads_alive(report)
 
 

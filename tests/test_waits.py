@@ -30,7 +30,10 @@ class Parked:
         self.thread.start()
 
     def report(self) -> dict[str, Any]:
-        report = process_report(role="process", worker_id=None, agent_idents=())
+        report = process_report(
+            role="process",
+            worker_id=None,
+        )
         return next(t for t in report["threads"] if t["ident"] == self.thread.ident)
 
     def settled(self, state: str, os_state: str | None = None) -> dict[str, Any]:
@@ -203,7 +206,10 @@ def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:
     waiter = park(event.wait, event.set)
 
     def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
-        report = process_report(role="process", worker_id=None, agent_idents=())
+        report = process_report(
+            role="process",
+            worker_id=None,
+        )
         mine = {t["ident"]: t for t in report["threads"]}
         a, b = mine[taker.thread.ident], mine[waiter.thread.ident]
         if a["frames"][-1] != b["frames"][-1] or b["wait"] != "waiting-condition":
@@ -306,7 +312,10 @@ def test_busy_loop_is_running(park) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_every_thread_has_a_known_state() -> None:
-    report = process_report(role="process", worker_id=None, agent_idents=())
+    report = process_report(
+        role="process",
+        worker_id=None,
+    )
     for thread in report["threads"]:
         assert thread["wait"] in STATES
         assert thread["wait_frame"] is None or 0 <= thread["wait_frame"] < len(
@@ -339,6 +348,9 @@ def test_infer_from_the_line(
 
 
 def test_the_thread_taking_the_dump_is_running() -> None:
-    report = process_report(role="process", worker_id=None, agent_idents=())
+    report = process_report(
+        role="process",
+        worker_id=None,
+    )
     (me,) = [t for t in report["threads"] if t["ident"] == threading.get_ident()]
     assert (me["os_state"], me["wchan"]) == ("R", None)

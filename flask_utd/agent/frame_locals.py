@@ -35,6 +35,8 @@ from itertools import islice
 from types import FrameType
 from typing import Any
 
+from ..core.report import Frame
+
 #: Longest text of one value.
 REPR_LIMIT = 200
 #: Most names shown per frame, and items per container.
@@ -169,7 +171,7 @@ def _call_reprs(
 
 
 def collect_locals(
-    threads: list[tuple[list[dict[str, Any]], list[FrameType]]],
+    threads: list[tuple[list[Frame], list[FrameType]]],
     ask: LocalsRequest,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from ..core import marks
 from ..core import sockets
 from ..core.fallback import FH_SUFFIX
 from . import faultdump
@@ -48,16 +49,6 @@ class Agent:
 _lock = threading.Lock()
 _agents: dict[str, Agent] = {}
 _atexit_pid: int | None = None
-
-
-def agent_idents() -> set[int]:
-    """Idents of this process's agent threads."""
-    pid = os.getpid()
-    return {
-        a.thread.ident
-        for a in list(_agents.values())
-        if a.pid == pid and a.thread.ident is not None
-    }
 
 
 def _forget_inherited() -> None:
@@ -159,7 +150,7 @@ def start_agent(
             except FileNotFoundError:
                 pass
         info = AgentInfo(role, worker_id, unsafe, locals_policy)
-        service = UTDService(info, agent_idents)
+        service = UTDService(info)
         server = AgentServer(
             service,
             socket_path=binding,
@@ -177,6 +168,8 @@ def start_agent(
         server._listen()
         os.rename(binding, path)
         thread.start()
+        assert thread.ident is not None
+        marks.mark(thread.ident, "agent")
         _agents[path] = agent
         if fault_signal is not None and unsafe is None:
             try:
@@ -204,6 +197,8 @@ def stop_agents() -> None:
             if agent.pid == pid:
                 agent.server.close()
                 agent.thread.join(2)
+                if agent.thread.ident is not None:
+                    marks.unmark(agent.thread.ident)
                 try:
                     os.unlink(path)
                 except OSError:
@@ -235,4 +230,4 @@ def after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _forget_inherited()
-    faultdump.forget_inherited()
+    marks.forget_all()

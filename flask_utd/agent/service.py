@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import rpyc
 
 from ..core.config import MAX_LOCALS_FRAMES
+from ..core.report import Process
+from ..core.report import process_entry
 from .frame_locals import LocalsRequest
 from .snapshot import process_report
 
@@ -43,15 +44,14 @@ class AgentInfo:
     locals_policy: LocalsRequest | None = None
 
 
-def _error_report(agent: AgentInfo, message: str) -> dict[str, Any]:
-    return {
-        "pid": os.getpid(),
-        "role": agent.role,
-        "worker_id": agent.worker_id,
-        "status": "error",
-        "error": message,
-        "threads": [],
-    }
+def _error_report(agent: AgentInfo, message: str) -> Process:
+    return process_entry(
+        os.getpid(),
+        role=agent.role,
+        worker_id=agent.worker_id,
+        status="error",
+        error=message,
+    )
 
 
 LOCALS_OFF = (
@@ -77,7 +77,7 @@ def _locals_request(
     return LocalsRequest(frames, policy.reprs, policy.budget), None
 
 
-def _bounded_json(report: dict[str, Any]) -> str:
+def _bounded_json(report: Process) -> str:
     """``report`` as JSON text of at most :data:`MAX_REPORT_BYTES`: if it is
     larger, threads are left out (the agent's own last) until it fits, and the
     report says so with ``"threads_truncated"`` and ``"report_truncated"``."""
@@ -112,10 +112,9 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
     Both return a JSON string, so nothing but plain data crosses the socket.
     """
 
-    def __init__(self, agent: AgentInfo, own_idents: Callable[[], set[int]]) -> None:
+    def __init__(self, agent: AgentInfo) -> None:
         super().__init__()
         self._agent = agent
-        self._own_idents = own_idents
 
     def exposed_dump(self, options: str = "{}") -> str:
         """The ``flask-utd/1`` report of this process, as JSON text.
@@ -136,7 +135,6 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
             report = process_report(
                 role=agent.role,
                 worker_id=agent.worker_id,
-                agent_idents=self._own_idents(),
                 unsafe=agent.unsafe,
                 locals_request=locals_request,
                 locals_error=locals_error,

@@ -1,27 +1,33 @@
-"""The dump of one process: every thread Python knows, with its stack.
+"""The dump of one process: every stack its sources find (:mod:`.sources`), each
+with its frames, its request, its wait state and, where it tells more, its OS state.
 
 Runs in the agent thread of the process being dumped, never in a request thread.
 """
 
 from __future__ import annotations
 
-import gc
 import linecache
 import os
-import sys
 import threading
 import time
-from collections.abc import Collection
 from types import CodeType
 from types import FrameType
 from typing import Any
 
-from . import tracking
+from ..core.report import Frame
+from ..core.report import Process
+from ..core.report import Thread
+from ..core.report import process_entry
+from . import threads as _threads  # noqa: F401  (registers the first source)
 from . import waits
 from .frame_locals import LocalsRequest
 from .frame_locals import collect_locals
 from .ghosts import ghost_message
 from .ghosts import ghost_threads
+from .sources import SnapshotContext
+from .sources import Stack
+from .sources import sources
+from .threads import current_frames
 
 #: Name given to the agent thread of every process.
 AGENT_THREAD_NAME = "utd-agent"
@@ -30,21 +36,18 @@ AGENT_THREAD_NAME = "utd-agent"
 #: now). A thread with more has ``"frames_truncated"``: how many outer frames
 #: were left out.
 MAX_FRAMES = 200
-#: Most threads given for one process; the agent's threads are always given.
-#: A process with more has ``"threads_truncated"``: how many were left out.
-MAX_THREADS = 500
 #: Longest source line given as a frame's ``"code"``; a longer one is cut and
 #: ends with "...".
 MAX_CODE_CHARS = 200
 
 
-class ThreadReports(list[dict[str, Any]]):
+class ThreadReports(list[Thread]):
     """The thread entries of a process, and how many threads were left out."""
 
     omitted: int = 0
 
 
-def _frame_entry(code: CodeType, lineno: int | None) -> dict[str, Any]:
+def _frame_entry(code: CodeType, lineno: int | None) -> Frame:
     line = lineno or code.co_firstlineno
     text = linecache.getline(code.co_filename, line).strip()
     if len(text) > MAX_CODE_CHARS:
@@ -62,10 +65,10 @@ _NO_FRAMES: list[FrameType] = []  # never written to: the frame objects, unasked
 
 def _frame_stack(
     frame: FrameType | None,
-    memo: dict[int, dict[int, dict[str, Any]]],
+    memo: dict[int, dict[int, Frame]],
     *,
     shared: bool = True,
-) -> tuple[list[dict[str, Any]], list[FrameType], int]:
+) -> tuple[list[Frame], list[FrameType], int]:
     """The innermost :data:`MAX_FRAMES` frames, outermost first, their frame
     objects (only without ``shared``: they are for the locals), and how many
     outer frames were left out (counted, not read).
@@ -79,7 +82,7 @@ def _frame_stack(
     alive for the snapshot. (Keyed by id, not by the code object: hashing a code
     object hashes its contents.)
     """
-    frames: list[dict[str, Any]] = []
+    frames: list[Frame] = []
     append = frames.append
     # Most of the snapshot's time is this loop, and its target is 1.5x a bare
     # walk (docs/performance.md). Keyed by the instruction, not the line: a
@@ -105,7 +108,7 @@ def _frame_stack(
     objects = _NO_FRAMES
     if not shared:
         objects = []  # copies of the entries, and the frame objects, for the locals
-        frames = [dict(entry) for entry in frames]
+        frames = [entry.copy() for entry in frames]
         frame = innermost
         while frame is not None and len(objects) < len(frames):
             objects.append(frame)
@@ -117,7 +120,7 @@ def _frame_stack(
 
 
 def _infer_from_end(
-    frames: list[dict[str, Any]], calling: bool | None
+    frames: list[Frame], calling: bool | None
 ) -> tuple[str, int | None, bool | None]:
     """:func:`waits.infer`, with the frame it was read from counted from the
     innermost (0), so that threads with other outer frames can share it, and
@@ -126,137 +129,108 @@ def _infer_from_end(
     return wait, None if index is None else len(frames) - 1 - index, calling
 
 
-def _main_native_id() -> int | None:
-    """The native id of the main thread. After a fork the main thread keeps the
-    parent's native id in ``threading``; in the child it is the thread whose id is
-    the pid."""
-    native = threading.main_thread().native_id
-    if native is None or native == os.getpid():
-        return native
-    if os.path.exists(f"/proc/self/task/{native}"):
-        return native
-    return os.getpid()
-
-
-def current_frames() -> dict[int, FrameType]:
-    """``sys._current_frames()``, with the garbage collector held off on Python
-    3.11: there it builds its dict while holding the lock on the thread list, and
-    a collection triggered by that allocation which frees a ``threading.local``
-    takes the same lock, and the whole process hangs (docs/uwsgi.rst, "Found the
-    hard way"; tests/test_snapshot.py reproduces it)."""
-    if sys.version_info[:2] != (3, 11) or not gc.isenabled():
-        return sys._current_frames()
-    gc.disable()
-    try:
-        return sys._current_frames()
-    finally:
-        gc.enable()
+def _entry(
+    stack: Stack,
+    memo: dict[int, dict[int, Frame]],
+    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]],
+    shared: bool,
+) -> tuple[Thread, list[FrameType]]:
+    """The report entry of one stack, and its frame objects when locals are asked
+    for (not ``shared``)."""
+    frame = stack.frame
+    frames, objects, omitted = _frame_stack(frame, memo, shared=shared)
+    # Stacks that end in the same frames (the same instructions, so the same
+    # entries) wait on the same thing: the state is inferred once per distinct
+    # end of stack.
+    end = tuple(map(id, frames[-waits.INNERMOST :]))
+    inferred = ends.get(end)
+    if inferred is None:
+        calling = None if frame is None else waits.in_call(frame)
+        inferred = ends[end] = _infer_from_end(frames, calling)
+    wait, from_end, calling = inferred
+    wait_frame = None if from_end is None else len(frames) - 1 - from_end
+    # The OS state only where it tells more than the frames: reading it costs
+    # more than walking a 20-frame stack (docs/diagnosis.rst). A greenlet has
+    # no native id of its own, and no OS state.
+    os_state = wchan = None
+    if stack.taking_snapshot:
+        os_state = "R"
+    elif stack.native_id is not None and (
+        stack.request is not None or wait in waits.OPEN_STATES
+    ):
+        os_state, wchan = waits.os_state(stack.native_id)
+        if wait == "unknown":
+            wait, wait_frame = waits.infer(frames, calling=calling, os_state=os_state)
+    owner = None
+    if wait == "waiting-lock" and frames and frame is not None:
+        owner = waits.lock_owner(frame, frames[-1]["code"], stack.ident)
+    entry: Thread = {
+        "ident": stack.ident,
+        "native_id": stack.native_id,
+        "name": stack.name,
+        "daemon": stack.daemon,
+        "kind": stack.kind,
+        "own": stack.own,
+        "is_agent": stack.own == "agent",
+        "request": stack.request,
+        "wait": wait,
+        "wait_frame": wait_frame,
+        "os_state": os_state,
+        "wchan": wchan,
+        "lock_owner": owner,
+        "frames": frames,
+    }
+    if stack.thread_ident is not None:
+        entry["thread_ident"] = stack.thread_ident
+    if omitted:
+        entry["frames_truncated"] = omitted
+    entry.update(stack.extra)  # type: ignore[typeddict-item]
+    return entry, objects
 
 
 def thread_reports(
-    agent_idents: Collection[int], locals_request: LocalsRequest | None = None
+    locals_request: LocalsRequest | None = None,
 ) -> tuple[ThreadReports, dict[str, Any] | None]:
-    """One entry per thread that ``sys._current_frames()`` knows, and the report's
-    ``locals`` entry when locals were asked for.
+    """One entry per stack that the registered sources find (OS threads first,
+    :mod:`.threads`), and the report's ``locals`` entry when locals were asked
+    for. flask-utd's own threads come last: they are never the interesting ones.
 
     Only call this when :func:`ghost_threads` is empty: with ghost thread states,
     ``sys._current_frames()`` can crash the process (Python 3.11) or answer with a
     stack that belongs to the parent (3.10).
 
-    :param agent_idents: idents of the agent's own threads, marked ``is_agent``.
-    :param locals_request: show the locals of the innermost frames (never of the
-        agent's threads).
+    :param locals_request: show the locals of the innermost frames (never of
+        flask-utd's own threads).
     """
-    by_ident = {t.ident: t for t in threading.enumerate()}
-    main_thread = threading.main_thread()
-    main_native = _main_native_id()
-    me = threading.get_ident()
-    now = time.monotonic()
-    current = current_frames()
-    with_locals: list[tuple[list[dict[str, Any]], list[FrameType]]] = []
+    context = SnapshotContext(
+        now=time.monotonic(), thread_frames=current_frames(), me=threading.get_ident()
+    )
+    with_locals: list[tuple[list[Frame], list[FrameType]]] = []
     threads = ThreadReports()
-    agents: list[dict[str, Any]] = []
-    memo: dict[int, dict[int, dict[str, Any]]] = {}
+    own: list[Thread] = []
+    memo: dict[int, dict[int, Frame]] = {}
     ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
     shared = locals_request is None
     try:
-        kept: set[int] | None = None
-        if len(current) > MAX_THREADS:
-            # The main thread, then the oldest (Python lists the newest first),
-            # and always the agent's own.
-            main = main_thread.ident
-            others = [
-                i for i in reversed(current) if i not in agent_idents and i != main
-            ]
-            if main in current and main not in agent_idents:
-                others.insert(0, main)
-            kept = set(others[:MAX_THREADS]) | (current.keys() & set(agent_idents))
-            threads.omitted = len(current) - len(kept)
-        for ident, frame in current.items():
-            if kept is not None and ident not in kept:
-                continue
-            thread = by_ident.get(ident)
-            frames, objects, omitted = _frame_stack(frame, memo, shared=shared)
-            request = tracking.request_of(ident, now)
-            # Threads that end in the same frames (the same instructions, so the
-            # same entries) wait on the same thing: the state is inferred once
-            # per distinct end of stack.
-            end = tuple(map(id, frames[-waits.INNERMOST :]))
-            inferred = ends.get(end)
-            if inferred is None:
-                inferred = ends[end] = _infer_from_end(frames, waits.in_call(frame))
-            wait, from_end, calling = inferred
-            wait_frame = None if from_end is None else len(frames) - 1 - from_end
-            if thread is None:
-                native_id = None
-            elif thread is main_thread:
-                native_id = main_native
-            else:
-                native_id = thread.native_id
-            # The OS state only where it tells more than the frames: reading it
-            # costs more than walking a 20-frame stack (docs/diagnosis.rst).
-            os_state = wchan = None
-            if ident == me:
-                os_state = "R"  # this thread, taking the snapshot
-            elif request is not None or wait in waits.OPEN_STATES:
-                os_state, wchan = waits.os_state(native_id)
-                if wait == "unknown":
-                    wait, wait_frame = waits.infer(
-                        frames, calling=calling, os_state=os_state
-                    )
-            owner = None
-            if wait == "waiting-lock" and frames:
-                owner = waits.lock_owner(frame, frames[-1]["code"], ident)
-            is_agent = ident in agent_idents
-            entry: dict[str, Any] = {
-                "ident": ident,
-                "native_id": native_id,
-                "name": f"<thread {ident}>" if thread is None else thread.name,
-                "daemon": None if thread is None else thread.daemon,
-                "is_agent": is_agent,
-                "request": request,
-                "wait": wait,
-                "wait_frame": wait_frame,
-                "os_state": os_state,
-                "wchan": wchan,
-                "lock_owner": owner,
-                "frames": frames,
-            }
-            if omitted:
-                entry["frames_truncated"] = omitted
-            if is_agent:
-                agents.append(entry)
-                continue
-            threads.append(entry)
-            if not shared:
-                with_locals.append((frames, objects))
+        for source in sources():
+            found = source(context)
+            threads.omitted += found.omitted
+            for stack in found.stacks:
+                entry, objects = _entry(stack, memo, ends, shared)
+                if stack.own is not None:
+                    own.append(entry)
+                    continue
+                threads.append(entry)
+                if not shared:
+                    with_locals.append((entry["frames"], objects))
+            del found
         locals_entry = None
         if locals_request is not None:
             locals_entry = collect_locals(with_locals, locals_request)
     finally:
-        del current, with_locals, memo
-    # The agent's own threads last: they are never the interesting ones.
-    threads.extend(agents)
+        # Frame objects keep every local of every stack alive: drop them now.
+        del context, with_locals, memo
+    threads.extend(own)
     return threads, locals_entry
 
 
@@ -264,38 +238,29 @@ def process_report(
     *,
     role: str,
     worker_id: int | None,
-    agent_idents: Collection[int],
     unsafe: str | None = None,
     locals_request: LocalsRequest | None = None,
     locals_error: str | None = None,
-) -> dict[str, Any]:
+) -> Process:
     """The ``flask-utd/1`` entry of this process.
 
     :param role: ``"master"``, ``"worker"`` or ``"process"``.
     :param worker_id: the server's number for this worker, or ``None``.
-    :param agent_idents: idents of the agent's threads.
     :param unsafe: why stacks cannot be read safely here; the report then has
         status ``"unsafe"`` and no threads.
     :param locals_request: show the locals of each thread's innermost frames.
     :param locals_error: locals were asked for and refused: why.
     """
-    report: dict[str, Any] = {
-        "pid": os.getpid(),
-        "role": role,
-        "worker_id": worker_id,
-        "status": "ok",
-        "error": None,
-        "threads": [],
-    }
     if unsafe is None:
         ghosts = ghost_threads()
         if ghosts:
             unsafe = ghost_message(ghosts)
     if unsafe is not None:
-        report["status"] = "unsafe"
-        report["error"] = unsafe
-        return report
-    threads, locals_entry = thread_reports(agent_idents, locals_request)
+        return process_entry(
+            os.getpid(), role=role, worker_id=worker_id, status="unsafe", error=unsafe
+        )
+    threads, locals_entry = thread_reports(locals_request)
+    report = process_entry(os.getpid(), role=role, worker_id=worker_id)
     report["threads"] = threads
     if threads.omitted:
         report["threads_truncated"] = threads.omitted

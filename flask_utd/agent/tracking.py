@@ -29,6 +29,7 @@ from datetime import timezone
 from typing import TYPE_CHECKING
 from typing import Any
 
+from ..core.report import Request
 from . import forks
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _text(environ: dict[str, Any], key: str) -> str:
     return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def request_of(ident: int, now: float | None = None) -> dict[str, Any] | None:
+def request_of(ident: int, now: float | None = None) -> Request | None:
     """The report's ``request`` of the thread ``ident``, or ``None``.
 
     :param ident: the thread's ident.

@@ -30,8 +30,11 @@ import dis
 import os
 import re
 import threading
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
+
+from ..core.report import Frame
 
 STATES = (
     "sleeping",
@@ -135,7 +138,7 @@ def in_call(frame: FrameType) -> bool | None:
 
 
 def infer(
-    frames: list[dict[str, Any]],
+    frames: Sequence[Frame],
     *,
     calling: bool | None = None,
     os_state: str | None = None,

@@ -17,17 +17,21 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Any
 
+from . import marks
 from . import sockets
 from . import wire
 from .errors import InstanceNotFound
 from .fallback import fallback_stacks
 from .fallback import fh_path
+from .report import ROLE_ORDER
+from .report import SCHEMA
+from .report import Process
+from .report import Report
+from .report import process_entry
 from .summary import summarize
 
-SCHEMA = "flask-utd/1"
 #: Time the collector allows itself beyond the per-process deadline.
 MARGIN = 0.25
-_ROLE_ORDER = {"master": 0, "worker": 1, "mule": 2, "spooler": 3, "process": 4}
 #: Part of the deadline kept for the faulthandler fallback: a process that has
 #: not answered by ``timeout - FALLBACK_SHARE * timeout`` (at most
 #: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
@@ -46,23 +50,6 @@ def _utc_now() -> str:
     return f"{stamp}.{int(now * 1000) % 1000:03d}+00:00"
 
 
-def _entry(
-    pid: int,
-    status: str,
-    error: str | None,
-    role: str = "process",
-    worker_id: Any = None,
-) -> dict[str, Any]:
-    return {
-        "pid": pid,
-        "role": role,
-        "worker_id": worker_id,
-        "status": status,
-        "error": error,
-        "threads": [],
-    }
-
-
 def _timeout_message(pid: int, timeout: float) -> str:
     return (
         f"process {pid} did not answer within {timeout:g} s (UTD_TIMEOUT). A thread"
@@ -73,9 +60,7 @@ def _timeout_message(pid: int, timeout: float) -> str:
     )
 
 
-def ask(
-    path: str, pid: int, deadline: float, timeout: float, options: str
-) -> dict[str, Any]:
+def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> Process:
     """Ask the agent on ``path`` for its process report; never raise.
 
     Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
@@ -86,7 +71,7 @@ def ask(
     return _outcome(call, pid, timeout)
 
 
-def _outcome(call: wire.Call, pid: int, timeout: float) -> dict[str, Any]:
+def _outcome(call: wire.Call, pid: int, timeout: float) -> Process:
     """The report of process ``pid`` from its ended ``dump`` call; never raise."""
     path = call.path
     err = call.error
@@ -99,58 +84,72 @@ def _outcome(call: wire.Call, pid: int, timeout: float) -> dict[str, Any]:
                     os.unlink(fh_path(os.path.dirname(path), pid))
                 except OSError:
                     pass
-                return _entry(
+                return process_entry(
                     pid,
-                    "stale",
-                    f"process {pid} is gone (nothing listens on its socket); its"
+                    status="stale",
+                    error=f"process {pid} is gone (nothing listens on its socket); its"
                     " socket was removed. If it was a worker, the server starts a"
                     " new one.",
                 )
-            return _entry(pid, "refused", f"process {pid} refused the connection.")
+            return process_entry(
+                pid, status="refused", error=f"process {pid} refused the connection."
+            )
         if isinstance(err, (TimeoutError, EOFError)):
-            return _entry(pid, "timeout", _timeout_message(pid, timeout))
-        return _entry(
-            pid, "error", f"cannot connect to the agent of process {pid}: {err}."
+            return process_entry(
+                pid, status="timeout", error=_timeout_message(pid, timeout)
+            )
+        return process_entry(
+            pid,
+            status="error",
+            error=f"cannot connect to the agent of process {pid}: {err}.",
         )
     if isinstance(err, TimeoutError):
-        return _entry(pid, "timeout", _timeout_message(pid, timeout))
+        return process_entry(
+            pid, status="timeout", error=_timeout_message(pid, timeout)
+        )
     if isinstance(err, (EOFError, ConnectionResetError, BrokenPipeError)):
         # The agent hangs up on a peer of another uid (SO_PEERCRED), and on a
         # client it has no room for; or the process is exiting.
         if _exited(pid, path):
-            return _entry(
+            return process_entry(
                 pid,
-                "stale",
-                f"process {pid} exited while it was asked (a worker being replaced"
-                " or killed). If it was a worker, the server starts a new one.",
+                status="stale",
+                error=f"process {pid} exited while it was asked (a worker being"
+                " replaced or killed). If it was a worker, the server starts a new"
+                " one.",
             )
-        return _entry(
+        return process_entry(
             pid,
-            "refused",
-            f"the agent of process {pid} closed the connection without answering:"
+            status="refused",
+            error=f"the agent of process {pid} closed the connection without answering:"
             " it accepts only this user and root (run the command as the server's"
             " user), and turns new clients away while it is busy with others (try"
             " again); or the process was exiting (a worker being replaced).",
         )
     if err is not None:
-        return _entry(pid, "error", f"the agent of process {pid} failed: {err}.")
+        return process_entry(
+            pid, status="error", error=f"the agent of process {pid} failed: {err}."
+        )
     try:
-        report = json.loads(call.value)
+        report: Process = json.loads(call.value)
         if not isinstance(report, dict) or report.get("pid") != pid:
             raise ValueError("not the report of this process")
     except (TypeError, ValueError) as err:
-        return _entry(pid, "error", f"process {pid} answered with a bad report: {err}.")
+        return process_entry(
+            pid,
+            status="error",
+            error=f"process {pid} answered with a bad report: {err}.",
+        )
     return report
 
 
-def _fallback(
-    entry: sockets.Entry, report: dict[str, Any], final: float
-) -> dict[str, Any]:
+def _fallback(entry: sockets.Entry, report: Process, final: float) -> Process:
     """``report`` (a timeout) with the stacks of ``entry`` from faulthandler, got
     by ``final`` (see :mod:`flask_utd.core.fallback`)."""
     directory = os.path.dirname(entry.path)
     threads, note = fallback_stacks(directory, entry.pid, final)
-    report = dict(report, error=f"{report['error']} Fallback: {note}")
+    report = report.copy()
+    report["error"] = f"{report['error']} Fallback: {note}"
     if threads is not None:
         report["threads"] = threads
         report["stacks_source"] = "faulthandler"
@@ -183,7 +182,7 @@ def _exited(pid: int, path: str) -> bool:
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X", b"")
 
 
-def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
+def _unsafe_entry(entry: sockets.Entry) -> Process | None:
     if not sockets.pid_alive(entry.pid):
         try:
             os.unlink(entry.path)
@@ -193,11 +192,17 @@ def _unsafe_entry(entry: sockets.Entry) -> dict[str, Any] | None:
     try:
         with open(entry.path) as f:
             note = json.load(f)
-        return _entry(
-            entry.pid, "unsafe", str(note["error"]), note["role"], note["worker_id"]
+        return process_entry(
+            entry.pid,
+            status="unsafe",
+            error=str(note["error"]),
+            role=note["role"],
+            worker_id=note["worker_id"],
         )
     except (OSError, ValueError, KeyError, TypeError):
-        return _entry(entry.pid, "unsafe", "this process runs no agent.")
+        return process_entry(
+            entry.pid, status="unsafe", error="this process runs no agent."
+        )
 
 
 def _ask_all(
@@ -208,7 +213,7 @@ def _ask_all(
     options: str,
     fallback: bool,
     meanwhile: Callable[[], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Process]:
     """Ask every agent at once (:func:`wire.call_all`), each by ``deadline``,
     calling ``meanwhile`` while they work; then, with ``fallback``, get the
     stacks of those that did not answer from faulthandler, one daemon thread
@@ -223,10 +228,11 @@ def _ask_all(
     if not fallback:
         return reports
     late = [i for i, r in enumerate(reports) if r["status"] == "timeout"]
-    fallen: dict[int, dict[str, Any]] = {}
+    fallen: dict[int, Process] = {}
 
     def run(i: int) -> None:
-        fallen[i] = _fallback(asked[i], reports[i], final)
+        with marks.marking("collector"):
+            fallen[i] = _fallback(asked[i], reports[i], final)
 
     # Plain threads rather than a thread pool: concurrent.futures costs the lean
     # command more to import than all its asks take.
@@ -242,6 +248,7 @@ def _ask_all(
     return [fallen.get(i, r) for i, r in enumerate(reports)]
 
 
+@marks.marks_caller("collector")
 def collect(
     socket_dir: str,
     instance: str,
@@ -252,7 +259,7 @@ def collect(
     options: dict[str, Any] | None = None,
     fallback: bool = True,
     slow_after: float = SLOW_AFTER,
-) -> dict[str, Any]:
+) -> Report:
     """Collect the report of every process of ``instance``.
 
     Returns within ``timeout`` plus a small margin, whatever the processes do. A
@@ -282,7 +289,7 @@ def collect(
     if pid is not None:
         entries = [e for e in entries if e.pid == pid]
     text_options = json.dumps(options or {})
-    processes: list[dict[str, Any]] = []
+    processes: list[Process] = []
     for entry in entries:
         if entry.kind == "unsafe":
             found = _unsafe_entry(entry)
@@ -310,20 +317,20 @@ def collect(
             and pid in (None, worker["pid"])
         ):
             processes.append(
-                _entry(
+                process_entry(
                     worker["pid"],
-                    "error",
-                    f"worker {worker['worker_id']} (pid {worker['pid']}) has no agent"
-                    " socket: it may be starting, or its agent failed to start (see"
-                    " its log).",
-                    "worker",
-                    worker["worker_id"],
+                    status="error",
+                    error=f"worker {worker['worker_id']} (pid {worker['pid']}) has no"
+                    " agent socket: it may be starting, or its agent failed to start"
+                    " (see its log).",
+                    role="worker",
+                    worker_id=worker["worker_id"],
                 )
             )
     processes.sort(
-        key=lambda p: (_ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
+        key=lambda p: (ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
     )
-    report = {
+    report: Report = {
         "schema": SCHEMA,
         "generated_at": _utc_now(),
         "host": socket.gethostname(),
@@ -344,9 +351,7 @@ def _children(instance: str) -> set[int]:
     return sockets.live_children(int(instance))
 
 
-def _unlisted(
-    children: set[int], processes: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _unlisted(children: set[int], processes: list[Process]) -> list[dict[str, int]]:
     """Live children of the instance's master that are not in the report: a worker
     being forked (no socket yet) or exiting (socket removed), or a process that runs
     no app (uWSGI's http router). Listed so that a report is never short of a
@@ -388,6 +393,6 @@ def find_instance(
     return found[0]
 
 
-def all_answered(report: dict[str, Any]) -> bool:
+def all_answered(report: Report) -> bool:
     """Whether every process in ``report`` answered with status ``ok``."""
     return all(p["status"] == "ok" for p in report["processes"])

@@ -33,6 +33,8 @@ import signal
 import time
 from typing import Any
 
+from .report import Thread
+
 #: Suffix of the faulthandler file of a process, next to its ``.sock``.
 FH_SUFFIX = ".fh"
 #: A file larger than this is emptied (below its header) before the next signal.
@@ -91,14 +93,14 @@ _FRAME = re.compile(
 )
 
 
-def parse(text: str, agent_ident: int | None = None) -> list[dict[str, Any]]:
+def parse(text: str, agent_ident: int | None = None) -> list[Thread]:
     """Threads with frames from faulthandler's text, frames outermost first.
 
     Each thread carries ``"source": "faulthandler"``: it has no request, name or
     native id, since faulthandler writes none of those (before Python 3.14).
     """
-    threads: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
+    threads: list[Thread] = []
+    current: Thread | None = None
     for line in text.splitlines():
         head = _HEAD.match(line)
         if head:
@@ -111,7 +113,9 @@ def parse(text: str, agent_ident: int | None = None) -> list[dict[str, Any]]:
                 "native_id": None,
                 "name": name,
                 "daemon": None,
+                "kind": "thread",
                 "is_agent": ident == agent_ident,
+                "own": "agent" if ident == agent_ident else None,
                 "request": None,
                 "wait": "unknown",
                 "wait_frame": None,
@@ -155,7 +159,7 @@ def _read_header(path: str) -> tuple[dict[str, Any], int] | None:
 
 def fallback_stacks(
     directory: str, pid: int, deadline: float, settle: float = 0.05
-) -> tuple[list[dict[str, Any]] | None, str]:
+) -> tuple[list[Thread] | None, str]:
     """Ask faulthandler in process ``pid`` for its stacks, by ``deadline``.
 
     :returns: ``(threads, note)``; ``threads`` is ``None`` when no stacks could be

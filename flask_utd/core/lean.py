@@ -24,6 +24,7 @@ from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
 from .render import render_text
+from .report import Report
 
 USAGE = """\
 Usage: {prog} dump [OPTIONS]
@@ -131,7 +132,7 @@ def collect_one(
     timeout: float = 2.0,
     show_locals: bool = False,
     slow_after: float = SLOW_AFTER,
-) -> dict[str, Any]:
+) -> Report:
     """The report of the one running instance (or of process ``pid`` in it).
 
     Shared by this command and ``flask utd dump``.
@@ -152,12 +153,12 @@ def collect_one(
     return report
 
 
-def report_text(report: dict[str, Any], as_json: bool) -> str:
+def report_text(report: Report, as_json: bool) -> str:
     """The report as the commands print it: JSON, or the readable dump."""
     return json.dumps(report, indent=2) + "\n" if as_json else render_text(report)
 
 
-def exit_code(report: dict[str, Any]) -> int:
+def exit_code(report: Report) -> int:
     """0 when every process answered, 3 when some did not."""
     return EXIT_OK if all_answered(report) else EXIT_PARTIAL
 

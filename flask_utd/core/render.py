@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from .report import Report
+from .report import Request
+from .report import Thread
 
-def _process_title(process: dict[str, Any]) -> str:
+
+def _process_title(process: Mapping[str, Any]) -> str:
     role = process["role"]
     if process.get("worker_id"):
         role = f"{role} {process['worker_id']}"
     return f"{role} (pid {process['pid']})"
 
 
-def _thread_title(thread: dict[str, Any]) -> str:
+def _thread_title(thread: Thread) -> str:
     parts = [f"ident {thread['ident']}"]
     if thread.get("native_id") is not None:
         parts.append(f"native id {thread['native_id']}")
@@ -23,7 +28,7 @@ def _thread_title(thread: dict[str, Any]) -> str:
     return f'Thread "{thread["name"]}" ({", ".join(parts)})'
 
 
-def _where(process: dict[str, Any]) -> str:
+def _where(process: Mapping[str, Any]) -> str:
     if process.get("worker_id"):
         return f"worker {process['worker_id']} (pid {process['pid']})"
     return f"{process.get('role') or 'process'} (pid {process['pid']})"
@@ -33,7 +38,7 @@ def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f} s"
 
 
-def _frame_line(frame: dict[str, Any] | None) -> str:
+def _frame_line(frame: Mapping[str, Any] | None) -> str:
     if not frame:
         return "no frame of the application"
     text = f"{frame['file']}, line {frame['line']}, in {frame['function']}"
@@ -46,7 +51,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     roles = {(p["pid"]): p for p in report["processes"]}
     stuck = summary.get("stuck_requests") or []
@@ -105,7 +110,7 @@ def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]
     return lines
 
 
-def _state_line(thread: dict[str, Any], names: dict[int, str]) -> str | None:
+def _state_line(thread: Thread, names: dict[int, str]) -> str | None:
     if "wait" not in thread:
         return None
     parts = [f"State: {thread['wait']}"]
@@ -119,7 +124,7 @@ def _state_line(thread: dict[str, Any], names: dict[int, str]) -> str | None:
     return ", ".join(parts)
 
 
-def _request_line(request: dict[str, Any]) -> str:
+def _request_line(request: Request) -> str:
     text = f"Serving: {request['method']} {request['path']}"
     if request.get("endpoint"):
         text += f" ({request['endpoint']})"
@@ -129,7 +134,7 @@ def _request_line(request: dict[str, Any]) -> str:
     return text
 
 
-def render_text(report: dict[str, Any]) -> str:
+def render_text(report: Report) -> str:
     """The report as a thread dump to read in a terminal.
 
     It opens with the summary: the stuck requests, oldest first, each with the
@@ -176,8 +181,9 @@ def render_text(report: dict[str, Any]) -> str:
         for thread in process["threads"]:
             lines.append("")
             lines.append(_thread_title(thread))
-            if thread.get("request"):
-                lines.append(_request_line(thread["request"]))
+            request = thread.get("request")
+            if request:
+                lines.append(_request_line(request))
             state = _state_line(thread, names)
             if state:
                 lines.append(state)
@@ -218,38 +224,33 @@ def short_file(path: str) -> str:
     return path
 
 
-def _is_ours(frame: dict[str, Any], module: str, function: str) -> bool:
-    file = str(frame["file"]).replace("\\", "/")
-    return frame["function"] == function and file.endswith(f"flask_utd/{module}.py")
+#: What the page and the text call flask-utd's own threads, by their ``own`` mark.
+OWN_STATES = {
+    "agent": "flask-utd agent",
+    "admin": "flask-utd admin listener",
+    "collector": "collecting this dump",
+}
 
 
-def collects_this_dump(thread: dict[str, Any]) -> bool:
-    """Whether the thread is busy making this very report: the request thread of
-    ``GET /_utd/dump``, a thread that collects or asks, or one of the collector's
-    faulthandler fallback threads. Noise, like the agents."""
-    return any(
-        _is_ours(f, "endpoint", "dump")
-        or _is_ours(f, "collector", "ask")
-        or _is_ours(f, "collector", "collect")
-        or _is_ours(f, "collector", "_fallback")
-        for f in thread["frames"]
-    )
+def is_own(thread: Mapping[str, Any]) -> bool:
+    """Whether the thread is flask-utd's own (the agent marks it in ``own``):
+    noise, next to the app's threads."""
+    return bool(thread.get("own") or thread.get("is_agent"))
 
 
-def _serves_request(thread: dict[str, Any]) -> bool:
+def _serves_request(thread: Mapping[str, Any]) -> bool:
     if thread.get("request"):
         return True
     # Reports without request data: a Flask dispatch in the stack says it.
     return any(f["function"] == "full_dispatch_request" for f in thread["frames"])
 
 
-def _thread_state(thread: dict[str, Any]) -> str:
+def _thread_state(thread: Mapping[str, Any]) -> str:
     if thread.get("wait"):
         return str(thread["wait"])
-    if thread.get("is_agent"):
-        return "flask-utd agent"
-    if collects_this_dump(thread):
-        return "collecting this dump"
+    own = thread.get("own") or ("agent" if thread.get("is_agent") else None)
+    if own:
+        return OWN_STATES.get(own, f"flask-utd {own}")
     return "serving a request" if _serves_request(thread) else "other"
 
 
@@ -291,7 +292,7 @@ def _requests_in_progress(
     return found
 
 
-def _count_states(report: dict[str, Any]) -> dict[str, int]:
+def _count_states(report: Report) -> dict[str, int]:
     counts: dict[str, int] = {}
     for process in report["processes"]:
         for thread in process["threads"]:
@@ -308,7 +309,7 @@ def _state_key(item: tuple[str, int]) -> tuple[int, str]:
     )
 
 
-def page_context(report: dict[str, Any]) -> dict[str, Any]:
+def page_context(report: Report) -> dict[str, Any]:
     """What the HTML page (``utd/dump.html``) shows, computed from the report.
 
     Uses the report's ``summary`` and the threads' ``request`` / ``wait`` fields
@@ -325,7 +326,7 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
             frames = [
                 dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]
             ]
-            noise = bool(thread.get("is_agent")) or collects_this_dump(thread)
+            noise = is_own(thread)
             threads.append(
                 {
                     **thread,

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+from .report import Frame
+from .report import Report
 
 # Frames that are not the application's: Python's standard library, installed
 # packages, and the frameworks a Flask app runs in (also when they are
@@ -34,7 +38,7 @@ def is_app_file(path: str, *, installed_ok: bool = False) -> bool:
     return installed_ok or not _INSTALLED.search(path)
 
 
-def app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+def app_frame(frames: Sequence[Frame]) -> dict[str, Any] | None:
     """The innermost frame that belongs to the application, or ``None``.
 
     Files outside ``site-packages`` come first; failing those, an installed
@@ -47,15 +51,15 @@ def app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _stack_key(frames: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+def _stack_key(frames: Sequence[Frame]) -> tuple[tuple[Any, ...], ...]:
     return tuple((f.get("file"), f.get("line"), f.get("function")) for f in frames)
 
 
-def summarize(report: dict[str, Any], slow_after: float) -> dict[str, Any]:
+def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     """The ``summary`` of a ``flask-utd/1`` report.
 
-    The agent's own threads are left out of the counts and the groups: they are
-    the dump itself.
+    flask-utd's own threads (``own``) are left out of the counts and the groups:
+    they are the dump itself.
 
     :param report: the merged report (its ``processes``).
     :param slow_after: requests older than this many seconds are stuck
@@ -69,7 +73,7 @@ def summarize(report: dict[str, Any], slow_after: float) -> dict[str, Any]:
     groups: dict[tuple[tuple[Any, ...], ...], dict[str, Any]] = {}
     for process in processes:
         for thread in process.get("threads") or ():
-            if thread.get("is_agent"):
+            if thread.get("own") or thread.get("is_agent"):
                 continue
             by_state[thread.get("wait") or "unknown"] += 1
             frames = thread.get("frames") or []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 from flask import Blueprint
@@ -18,7 +19,8 @@ utd_bp = Blueprint(
     __name__,
     url_prefix="/_utd",
     cli_group="utd",
-    template_folder="templates",
+    # flask_utd/templates, beside the subpackages.
+    template_folder=str(Path(__file__).resolve().parent.parent / "templates"),
 )
 utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from typing import Any
 
 from flask import Response
 from flask import current_app
@@ -22,6 +21,7 @@ from flask import render_template
 from flask import request
 
 from ..agent import forks
+from ..core.report import Report
 from ..servers.place import current_place
 from ..servers.place import roster
 
@@ -121,7 +121,7 @@ def dump() -> Response:
     return _represent(report, fmt)
 
 
-def _represent(report: dict[str, Any], fmt: str) -> Response:
+def _represent(report: Report, fmt: str) -> Response:
     from ..core.render import page_context
     from ..core.render import render_text
 

@@ -28,6 +28,7 @@ from werkzeug.serving import BaseWSGIServer
 from werkzeug.serving import WSGIRequestHandler
 
 from ..agent import forks
+from ..core import marks
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
@@ -158,6 +159,8 @@ def start_admin(app: Flask, where: tuple[str, int] | str) -> Listener:
     listener = Listener(os.getpid(), address, server, thread)
     _listeners.append(listener)
     thread.start()
+    assert thread.ident is not None
+    marks.mark(thread.ident, "admin")
     return listener
 
 
@@ -169,6 +172,8 @@ def stop_admin() -> None:
             listener.server.shutdown()
             listener.server.server_close()
             listener.thread.join(5)
+            if listener.thread.ident is not None:
+                marks.unmark(listener.thread.ident)
         _listeners.remove(listener)
 
 
