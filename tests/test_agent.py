@@ -19,8 +19,8 @@ from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.rpc import connect
 from flask_utd.core.collector import collect
 from flask_utd.core.sockets import ensure_private_dir
-from tests.conftest import as_another_uid
-from tests.conftest import open_modes
+from tests.helpers import as_another_uid
+from tests.helpers import open_modes
 
 INSTANCE = "4242"
 

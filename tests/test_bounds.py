@@ -20,7 +20,7 @@ from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core.collector import collect
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 INSTANCE = "4444"
 

@@ -19,9 +19,9 @@ from demo_app.server import ROOT
 from flask_utd.core.sockets import ensure_private_dir
 from flask_utd.core.sockets import instance_dir
 from flask_utd.ext.signing import make_token
-from tests.conftest import wait_for
-from tests.test_token_matrix import MAX_AGE
-from tests.test_token_matrix import bad_tokens
+from tests.helpers import MAX_AGE
+from tests.helpers import bad_tokens
+from tests.helpers import wait_for
 
 SECRET = "test-secret"  # the app fixture's SECRET_KEY
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -16,7 +16,7 @@ import pytest
 
 from demo_app.server import ROOT
 from flask_utd.core.collector import collect
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
 from tests.lifecycle import get
 

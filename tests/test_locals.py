@@ -20,7 +20,7 @@ from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.snapshot import process_report
 from flask_utd.core.collector import collect
 from flask_utd.core.render import render_text
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 INSTANCE = "4343"
 

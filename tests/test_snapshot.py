@@ -11,7 +11,7 @@ from typing import Any
 
 from flask_utd.agent.ghosts import ghost_threads
 from flask_utd.agent.snapshot import process_report
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def test_every_thread_python_knows_is_in_the_dump() -> None:

@@ -16,10 +16,10 @@ from flask_utd import utd_bp
 from flask_utd.agent import tracking
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.snapshot import process_report
-from tests.conftest import lean_dump
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from tests.helpers import lean_dump
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 
 
 @pytest.fixture(params=[False], ids=["default"])

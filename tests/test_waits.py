@@ -18,7 +18,7 @@ import pytest
 from flask_utd.agent.snapshot import process_report
 from flask_utd.agent.waits import STATES
 from flask_utd.agent.waits import infer
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 class Parked:
