@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from flask import Flask
 
 from flask_utd.ext.signing import make_token
 from tests.helpers import SUPPORTED
@@ -205,7 +206,7 @@ def test_the_apps_own_port_answers_when_a_worker_is_free(
     assert status == 403 and json.loads(body) == {"error": "missing token"}
 
 
-def test_admin_server_in_this_process_serves_only_utd(app) -> None:  # type: ignore[no-untyped-def]
+def test_admin_server_in_this_process_serves_only_utd(app: Flask) -> None:
     """The listener itself, without uWSGI: routes, and what a forked child keeps."""
     import warnings
 

@@ -39,7 +39,9 @@ def silent(socket_dir: str) -> Iterator[list[socket.socket]]:
         s.close()
 
 
-def test_silent_processes_time_out_within_the_deadline(socket_dir: str, silent) -> None:  # type: ignore[no-untyped-def]
+def test_silent_processes_time_out_within_the_deadline(
+    socket_dir: str, silent: list[socket.socket]
+) -> None:
     try:
         started = time.monotonic()
         report = collect(socket_dir, INSTANCE, timeout=0.5)

@@ -197,7 +197,8 @@ def test_what_belongs_to_the_app() -> None:
         {"file": f"{SITE}/shop/views.py", "line": 2, "function": "b", "code": None},
         {"file": f"{LIB}/time.py", "line": 3, "function": "c", "code": None},
     ]
-    assert app_frame(installed)["function"] == "b"  # type: ignore[index]
+    found = app_frame(installed)
+    assert found is not None and found["function"] == "b"
     assert app_frame(IDLE) is None
 
 

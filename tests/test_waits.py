@@ -24,7 +24,9 @@ from tests.helpers import wait_for
 class Parked:
     """A thread parked in some call, and how to let it go."""
 
-    def __init__(self, target: Callable[[], None], release: Callable[[], None]) -> None:
+    def __init__(
+        self, target: Callable[[], object], release: Callable[[], None]
+    ) -> None:
         self.release = release
         self.thread = threading.Thread(target=target, name=f"parked-{target.__name__}")
         self.thread.start()
@@ -59,11 +61,15 @@ class Parked:
         assert not self.thread.is_alive()
 
 
+#: The ``park`` fixture: park a thread in ``target`` until ``release``.
+Park = Callable[[Callable[[], object], Callable[[], None]], Parked]
+
+
 @pytest.fixture
-def park() -> Iterator[Callable[[Callable[[], None], Callable[[], None]], Parked]]:
+def park() -> Iterator[Park]:
     made: list[Parked] = []
 
-    def start(target: Callable[[], None], release: Callable[[], None]) -> Parked:
+    def start(target: Callable[[], object], release: Callable[[], None]) -> Parked:
         made.append(Parked(target, release))
         return made[-1]
 
@@ -78,7 +84,7 @@ def _inferred_in(me: dict[str, Any], function: str) -> dict[str, Any]:
     return frame
 
 
-def test_time_sleep(park) -> None:  # type: ignore[no-untyped-def]
+def test_time_sleep(park: Park) -> None:
     stop = threading.Event()
 
     def sleeper() -> None:
@@ -93,7 +99,7 @@ def test_time_sleep(park) -> None:  # type: ignore[no-untyped-def]
     assert me["lock_owner"] is None
 
 
-def test_lock_acquire(park) -> None:  # type: ignore[no-untyped-def]
+def test_lock_acquire(park: Park) -> None:
     lock = threading.Lock()
     lock.acquire()
 
@@ -115,7 +121,7 @@ class Account:
             pass
 
 
-def test_rlock_owner_is_the_holding_thread(park) -> None:  # type: ignore[no-untyped-def]
+def test_rlock_owner_is_the_holding_thread(park: Park) -> None:
     account = Account()
     holding = threading.Event()
     done = threading.Event()
@@ -135,7 +141,7 @@ def test_rlock_owner_is_the_holding_thread(park) -> None:  # type: ignore[no-unt
     assert h.settled("waiting-condition")["lock_owner"] is None
 
 
-def test_condition_wait(park) -> None:  # type: ignore[no-untyped-def]
+def test_condition_wait(park: Park) -> None:
     cond = threading.Condition()
     flag: list[bool] = []
 
@@ -154,7 +160,7 @@ def test_condition_wait(park) -> None:  # type: ignore[no-untyped-def]
     assert any(f["function"] == "waiter" for f in me["frames"])
 
 
-def test_event_wait(park) -> None:  # type: ignore[no-untyped-def]
+def test_event_wait(park: Park) -> None:
     event = threading.Event()
 
     def waiter() -> None:
@@ -164,7 +170,7 @@ def test_event_wait(park) -> None:  # type: ignore[no-untyped-def]
     assert [f["function"] for f in me["frames"]][-3:] == ["waiter", "wait", "wait"]
 
 
-def test_queue_get(park) -> None:  # type: ignore[no-untyped-def]
+def test_queue_get(park: Park) -> None:
     q: queue.Queue[int] = queue.Queue()
 
     def consumer() -> None:
@@ -174,7 +180,7 @@ def test_queue_get(park) -> None:  # type: ignore[no-untyped-def]
     assert "queue.py" in [f["file"].rsplit("/", 1)[-1] for f in me["frames"]]
 
 
-def test_semaphore_is_a_lock_and_join_a_condition(park) -> None:  # type: ignore[no-untyped-def]
+def test_semaphore_is_a_lock_and_join_a_condition(park: Park) -> None:
     sem = threading.Semaphore(0)
 
     def taker() -> None:
@@ -193,7 +199,7 @@ def test_semaphore_is_a_lock_and_join_a_condition(park) -> None:  # type: ignore
     park(joiner, other.set).settled("waiting-condition")
 
 
-def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_innermost_frame_under_other_callers_in_one_dump(park: Park) -> None:
     """A dump infers the state once per distinct end of stack: two threads in the
     same ``Condition.wait`` instruction, one under ``Semaphore.acquire`` and one
     under ``Event.wait``, still get their own states, in the same dump."""
@@ -224,7 +230,7 @@ def _send_and_close(sock: socket.socket) -> Callable[[], None]:
     return release
 
 
-def test_socket_recv(park) -> None:  # type: ignore[no-untyped-def]
+def test_socket_recv(park: Park) -> None:
     a, b = socket.socketpair()
 
     def reader() -> None:
@@ -235,7 +241,7 @@ def test_socket_recv(park) -> None:  # type: ignore[no-untyped-def]
     assert _inferred_in(me, "reader")["code"] == "a.recv(1)"
 
 
-def test_socket_accept_in_the_standard_library(park) -> None:  # type: ignore[no-untyped-def]
+def test_socket_accept_in_the_standard_library(park: Park) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
@@ -251,7 +257,7 @@ def test_socket_accept_in_the_standard_library(park) -> None:  # type: ignore[no
     assert me["frames"][me["wait_frame"]]["file"].endswith("socket.py")
 
 
-def test_select_and_selectors(park) -> None:  # type: ignore[no-untyped-def]
+def test_select_and_selectors(park: Park) -> None:
     a, b = socket.socketpair()
 
     def selecting() -> None:
@@ -274,7 +280,7 @@ def test_select_and_selectors(park) -> None:  # type: ignore[no-untyped-def]
     assert me["frames"][me["wait_frame"]]["file"].endswith("selectors.py")
 
 
-def test_an_unnamed_c_call_has_the_os_state(park) -> None:  # type: ignore[no-untyped-def]
+def test_an_unnamed_c_call_has_the_os_state(park: Park) -> None:
     """Where the frames cannot name the wait, /proc says where the thread is."""
     r, w = os.pipe()
 
@@ -291,7 +297,7 @@ def test_an_unnamed_c_call_has_the_os_state(park) -> None:  # type: ignore[no-un
     assert me["wchan"] is None or isinstance(me["wchan"], str)
 
 
-def test_busy_loop_is_running(park) -> None:  # type: ignore[no-untyped-def]
+def test_busy_loop_is_running(park: Park) -> None:
     stopped: list[bool] = []
 
     def spin() -> None:
