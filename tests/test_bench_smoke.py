@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from demo_app.server import ROOT
-from tests.conftest import need_uwsgi
+from tests.helpers import need_uwsgi
 
 
 def test_bench_smoke_prints_its_table() -> None:

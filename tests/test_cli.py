@@ -10,11 +10,15 @@ import sys
 import time
 
 from flask import Flask
+from flask.testing import FlaskClient
+from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
 
 
-def test_dump_prints_every_thread_innermost_last(app: Flask, client, runner) -> None:  # type: ignore[no-untyped-def]
+def test_dump_prints_every_thread_innermost_last(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
     client.get("/_utd/nothing-here")  # the first request starts this process's agent
     result = runner.invoke(args=["utd", "dump"])
     assert result.exit_code == 0, result.output
@@ -27,7 +31,9 @@ def test_dump_prints_every_thread_innermost_last(app: Flask, client, runner) -> 
     assert me.index("in invoke") < me.index("in run_dump") < me.index("in collect")
 
 
-def test_dump_json_and_pid(app: Flask, client, runner) -> None:  # type: ignore[no-untyped-def]
+def test_dump_json_and_pid(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
     client.get("/")
     result = runner.invoke(args=["utd", "dump", "--json", "--pid", str(os.getpid())])
     assert result.exit_code == 0, result.output
@@ -41,8 +47,8 @@ def test_dump_json_and_pid(app: Flask, client, runner) -> None:  # type: ignore[
 
 
 def test_exit_code_3_when_a_process_does_not_answer(
-    app: Flask, client, runner, socket_dir: str
-) -> None:  # type: ignore[no-untyped-def]
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner, socket_dir: str
+) -> None:
     client.get("/")
     instance = os.path.join(socket_dir, str(os.getpid()))
     silent = socket.socket(socket.AF_UNIX)
@@ -57,7 +63,7 @@ def test_exit_code_3_when_a_process_does_not_answer(
     assert f"(pid {os.getpid()}): ok" in result.output
 
 
-def test_exit_code_2_when_no_server_runs(runner) -> None:  # type: ignore[no-untyped-def]
+def test_exit_code_2_when_no_server_runs(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["utd", "dump"])
     assert result.exit_code == 2
     assert "no running server found" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask_utd.core.render import render_text
+from flask_utd.core.report import Report
 from flask_utd.core.summary import app_frame
 from flask_utd.core.summary import is_app_file
 from flask_utd.core.summary import summarize
@@ -68,7 +69,7 @@ def _thread(
     }
 
 
-def _report() -> dict[str, Any]:
+def _report() -> Report:
     return {
         "schema": "flask-utd/1",
         "generated_at": "2026-01-01T00:00:40.000+00:00",
@@ -197,7 +198,8 @@ def test_what_belongs_to_the_app() -> None:
         {"file": f"{SITE}/shop/views.py", "line": 2, "function": "b", "code": None},
         {"file": f"{LIB}/time.py", "line": 3, "function": "c", "code": None},
     ]
-    assert app_frame(installed)["function"] == "b"  # type: ignore[index]
+    found = app_frame(installed)
+    assert found is not None and found["function"] == "b"
     assert app_frame(IDLE) is None
 
 

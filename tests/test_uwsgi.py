@@ -13,11 +13,11 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import ini_without_address
-from tests.conftest import SUPPORTED
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from tests.helpers import SUPPORTED
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.uwsgi
 

@@ -13,10 +13,10 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import children
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 from tests.lifecycle import get
 from tests.lifecycle import layout
 from tests.lifecycle import no_crash as check_log

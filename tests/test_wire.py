@@ -22,9 +22,9 @@ from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import wire
-from tests.conftest import as_another_uid
-from tests.conftest import lean_dump
-from tests.conftest import open_modes
+from tests.helpers import as_another_uid
+from tests.helpers import lean_dump
+from tests.helpers import open_modes
 
 INSTANCE = "4343"
 
