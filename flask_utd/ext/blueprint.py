@@ -18,7 +18,9 @@ utd_bp = Blueprint(
     __name__,
     url_prefix="/_utd",
     cli_group="utd",
-    template_folder="templates",
+    # flask_utd/templates, beside this package: ``render_template("utd/dump.html")``
+    # finds the page there.
+    template_folder="../templates",
 )
 utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 
