@@ -231,7 +231,7 @@ def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
         "try:\n    runpy.run_module('flask_utd', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    heavy = [m for m in ('flask', 'click', 'rpyc', 'argparse',"
-        " 'concurrent.futures', 'importlib.metadata', 'dataclasses', 'datetime')"
+        " 'concurrent.futures', 'importlib.metadata', 'datetime')"
         " if m in sys.modules]\n"
         "    print('EXIT', e.code, heavy, flush=True)\n"
     )
@@ -261,13 +261,6 @@ def test_another_uid_is_refused_through_the_wire_client(
     )
     assert out.stdout.startswith("refused "), out.stdout + out.stderr
     assert "run the command as the server's user" in out.stdout
-
-
-def test_lean_defaults_match_the_settings() -> None:
-    from flask_utd.core.collector import SLOW_AFTER
-    from flask_utd.core.config import DEFAULTS
-
-    assert SLOW_AFTER == DEFAULTS["UTD_SLOW_REQUEST"]
 
 
 def test_lean_options_are_checked(socket_dir: str) -> None:

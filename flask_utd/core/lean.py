@@ -15,10 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .collector import SLOW_AFTER
 from .collector import all_answered
 from .collector import collect
 from .collector import find_instance
+from .config import DEFAULTS
+from .config import MAX_TIMEOUT
 from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
@@ -64,9 +65,9 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
         "as_json": False,
         "pid": None,
         "instance": None,
-        "timeout": 2.0,
+        "timeout": DEFAULTS["UTD_TIMEOUT"],
         "show_locals": False,
-        "slow_after": SLOW_AFTER,
+        "slow_after": DEFAULTS["UTD_SLOW_REQUEST"],
     }
     takes_value = {"--socket-dir", "--pid", "--instance", "--timeout", "--slow-after"}
     rest = args[1:]
@@ -114,10 +115,10 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
                 timeout = float(value)
             except ValueError:
                 timeout = float("nan")
-            if not 0 < timeout <= 60:
+            if not 0 < timeout <= MAX_TIMEOUT:
                 raise _Usage(
                     f"invalid value for --timeout: {value!r} is not a number more"
-                    " than 0 and at most 60."
+                    f" than 0 and at most {MAX_TIMEOUT}."
                 )
             options["timeout"] = timeout
     return options
@@ -128,9 +129,9 @@ def collect_one(
     *,
     instance: str | None = None,
     pid: int | None = None,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> dict[str, Any]:
     """The report of the one running instance (or of process ``pid`` in it).
 
@@ -168,9 +169,9 @@ def dump(
     instance: str | None = None,
     pid: int | None = None,
     as_json: bool = False,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 

@@ -23,6 +23,8 @@ from typing import NoReturn
 
 import click
 
+from ..core.config import DEFAULTS
+from ..core.config import MAX_TIMEOUT
 from ..core.config import default_socket_dirs
 from ..core.errors import EXIT_OK
 from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
@@ -46,9 +48,9 @@ def run_dump(
     instance: str | None = None,
     pid: int | None = None,
     as_json: bool = False,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = 5.0,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
@@ -131,7 +133,7 @@ _dump_options = [
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True, max=60),
+        type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
         help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
 ]
