@@ -146,11 +146,6 @@ def collect_one(
     return report
 
 
-def report_text(report: dict[str, Any], as_json: bool) -> str:
-    """The report as the commands print it: JSON, or the readable dump."""
-    return formats.render(report, "json" if as_json else "text")
-
-
 def exit_code(report: dict[str, Any]) -> int:
     """0 when every process answered, 3 when some did not."""
     return EXIT_OK if all_answered(report) else EXIT_PARTIAL
