@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
@@ -44,6 +45,62 @@ def test_dump_json_and_pid(
         assert report[key]
     result = runner.invoke(args=["utd", "dump", "--pid", "1"])
     assert result.exit_code == 2 and "no process 1" in result.output
+
+
+def test_dump_format_json_and_its_alias_json_print_the_report_indented(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    client.get("/")
+    for args in (["--format", "json"], ["--json"]):
+        result = runner.invoke(args=["utd", "dump", *args, "--pid", str(os.getpid())])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith('{\n  "schema": "flask-utd/1",\n')
+        report = json.loads(result.output)
+        assert [p["pid"] for p in report["processes"]] == [os.getpid()]
+
+
+def test_dump_format_text_is_the_default(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    client.get("/")
+    for args in ([], ["--format", "text"]):
+        result = runner.invoke(args=["utd", "dump", *args])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("flask-utd thread dump of server instance")
+        assert "Stack (most recent call last):" in result.output
+
+
+def test_dump_format_html_prints_the_page(
+    app: Flask, client: FlaskClient, runner: FlaskCliRunner
+) -> None:
+    client.get("/")
+    result = runner.invoke(args=["utd", "dump", "--format", "html"])
+    assert result.exit_code == 0, result.output
+    page = result.output
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert f"process (pid {os.getpid()})" in page and "utd-agent" in page
+    assert "<script" not in page and "<link" not in page
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--format", "xml"],
+            "Error: Invalid value for '--format': 'xml' is not one of 'json',"
+            " 'text', 'html'.",
+        ),
+        (["--json", "--format", "text"], "Error: --json is --format json:"),
+        (["--json", "--format", "json"], "Error: --json is --format json:"),
+    ],
+)
+def test_dump_format_usage_errors_exit_2(
+    runner: FlaskCliRunner, args: list[str], error: str
+) -> None:
+    result = runner.invoke(args=["utd", "dump", *args])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert line.startswith(error), result.output
 
 
 def test_exit_code_3_when_a_process_does_not_answer(

@@ -20,6 +20,7 @@ from typing import Any
 from . import marks
 from . import sockets
 from . import wire
+from .config import DEFAULTS
 from .errors import InstanceNotFound
 from .fallback import fallback_stacks
 from .fallback import fh_path
@@ -37,9 +38,6 @@ MARGIN = 0.25
 #: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
 FALLBACK_SHARE = 0.25
 FALLBACK_MAX = 0.5
-#: The default of ``UTD_SLOW_REQUEST`` (``config.DEFAULTS``; a test keeps them
-#: equal), here so that the lean command need not import :mod:`flask_utd.config`.
-SLOW_AFTER = 5.0
 
 
 def _utc_now() -> str:
@@ -253,12 +251,12 @@ def collect(
     socket_dir: str,
     instance: str,
     *,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
     fallback: bool = True,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> Report:
     """Collect the report of every process of ``instance``.
 

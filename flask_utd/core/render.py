@@ -160,9 +160,10 @@ def render_text(report: Report) -> str:
         )
     summary = report.get("summary")
     if summary is None:
+        from .config import DEFAULTS
         from .summary import summarize
 
-        summary = summarize(report, 5.0)
+        summary = summarize(report, DEFAULTS["UTD_SLOW_REQUEST"])
     lines.extend(_summary_lines(report, summary))
     lines.append("")
     lines.append("Full dump:")

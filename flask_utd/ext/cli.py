@@ -23,6 +23,9 @@ from typing import NoReturn
 
 import click
 
+from ..core import formats
+from ..core.config import DEFAULTS
+from ..core.config import MAX_TIMEOUT
 from ..core.config import default_socket_dirs
 from ..core.errors import EXIT_OK
 from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
@@ -45,13 +48,14 @@ def run_dump(
     *,
     instance: str | None = None,
     pid: int | None = None,
-    as_json: bool = False,
-    timeout: float = 2.0,
+    format: str = formats.DEFAULT,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = 5.0,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
+    :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
     :param slow_after: requests older than this are listed first, as stuck.
@@ -71,7 +75,7 @@ def run_dump(
         )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    click.echo(lean.report_text(report, as_json), nl=False)
+    click.echo(formats.render(report, format), nl=False)
     return lean.exit_code(report)
 
 
@@ -110,8 +114,11 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 _dump_options = [
     click.option(
-        "--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."
+        "--format",
+        type=click.Choice(list(formats.FORMATS)),
+        help=f"What to print (default: {formats.DEFAULT}).",
     ),
+    click.option("--json", "as_json", is_flag=True, help="The same as --format json."),
     click.option("--pid", type=int, help="Only this process."),
     click.option(
         "--instance",
@@ -131,7 +138,7 @@ _dump_options = [
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True, max=60),
+        type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
         help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
 ]
@@ -150,6 +157,7 @@ def register(bp: Blueprint) -> None:
     @bp.cli.command("dump")
     @_with_dump_options
     def dump_command(
+        format: str | None,
         as_json: bool,
         pid: int | None,
         instance: str | None,
@@ -158,6 +166,8 @@ def register(bp: Blueprint) -> None:
         slow_after: float | None,
     ) -> None:
         """Print a thread dump of every process of the running server."""
+        if as_json and format is not None:
+            raise click.UsageError("--json is --format json: give one of them.")
         settings = current_app.extensions["utd"].settings
         if current_app.config["UTD_SOCKET_DIR"] is None:
             dirs = default_socket_dirs()
@@ -168,7 +178,7 @@ def register(bp: Blueprint) -> None:
                 dirs,
                 instance=instance,
                 pid=pid,
-                as_json=as_json,
+                format="json" if as_json else format or formats.DEFAULT,
                 timeout=timeout or settings.timeout,
                 show_locals=show_locals,
                 slow_after=(
