@@ -4,7 +4,7 @@
 is an RPyC client with a deadline (:class:`DeadlineStream`), for scripts that want
 RPyC itself; the tests use it to check the agent against RPyC's own client. The
 collector does not: it speaks the little of the protocol it needs through
-:mod:`flask_utd.wire`, which does not import RPyC. Imports RPyC, never Flask.
+:mod:`flask_utd.core.wire`, which does not import RPyC. Imports RPyC, never Flask.
 """
 
 from __future__ import annotations
