@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import ini_without_address
+from flask_utd.agent.rpc import connect
+from flask_utd.core import sockets
 from tests.helpers import SUPPORTED
 from tests.helpers import Servers
 from tests.helpers import need_uwsgi
@@ -248,6 +252,25 @@ def test_app_threads_started_in_postfork_keep_running_and_appear(
     assert_threads_alive(report)
     master = report["processes"][0]
     assert master["role"] == "master" and master["status"] == "unsafe"
+
+
+def test_rpyc_settings_in_the_servers_environment_change_nothing(
+    servers: Servers, socket_dir: str
+) -> None:
+    """RPyC reads ``RPYC_BIND_THREADS`` from the environment; the agent pins it
+    (before, no dump worked: both clients got EOF)."""
+    server = servers.start(
+        need_uwsgi(), BASE + DEMO + FORK_HOOKS, env={"RPYC_BIND_THREADS": "true"}
+    )
+    report = wait_for(workers_answering(server, socket_dir))
+    assert [p["status"] for p in report["processes"]] == ["ok"] * 3
+    for process in report["processes"]:
+        path = sockets.socket_path(socket_dir, str(server.pid), process["pid"])
+        conn = connect(path, time.monotonic() + 5)
+        try:
+            assert json.loads(conn.root.info())["pid"] == process["pid"]
+        finally:
+            conn.close()
 
 
 def test_lazy_apps_workers_start_their_agent(servers: Servers, socket_dir: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rpyc.core import brine
+from rpyc.core import consts
 
 from demo_app.server import ROOT
 from flask_utd.agent.lifecycle import Agent
@@ -44,6 +45,24 @@ def test_brine_subset_matches_rpyc(value: Any) -> None:
     data = wire.dumps(value)
     assert data == brine.dump(value)
     assert wire.loads(data) == value == brine.load(data)
+
+
+def test_constants_are_rpycs() -> None:
+    names = [n for n in vars(wire) if n.startswith(("MSG_", "LABEL_", "HANDLE_"))]
+    assert len(names) == 9
+    for name in names:
+        assert getattr(wire, name) == getattr(consts, name), name
+    tags = [n for n in vars(wire) if n.startswith("TAG_")]
+    assert len(tags) == 15
+    for name in tags:
+        assert bytes((getattr(wire, name),)) == getattr(brine, name), name
+    assert bytes((wire.TAG_STR1 + 3,)) == brine.TAG_STR4
+    assert bytes((wire.TAG_TUP1 + 3,)) == brine.TAG_TUP4
+    small = range(wire.IMM_INT_MIN, wire.IMM_INT_MAX)
+    assert {n: bytes((n + wire.IMM_INT_BIAS,)) for n in small} == brine.IMM_INTS
+    for ours, theirs in ((wire._I1, brine.I1), (wire._I4, brine.I4)):
+        assert ours.format == theirs.format
+    assert wire._F8.format == brine.F8.format
 
 
 def test_brine_rejects_what_it_does_not_speak() -> None:
@@ -155,7 +174,7 @@ def test_a_peer_that_hangs_up_is_eof(socket_dir: str) -> None:
 
 def _frame(message: int, body: Any) -> bytes:
     payload = bytes((message,)) + brine.dump(body)
-    return wire._FRAME.pack(len(payload), 0) + payload + b"\n"
+    return wire.FRAME_HEADER.pack(len(payload), 0) + payload + wire.FLUSHER
 
 
 def test_a_reference_for_the_root_is_required_and_values_only_come_back(
