@@ -126,3 +126,19 @@ def test_the_public_names_stay() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0 and "dump" in done.stdout
+
+
+def test_the_wheel_takes_every_subpackage() -> None:
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    packaged = set(find_packages(str(ROOT), include=include))
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "flask_utd").rglob("__init__.py")
+    }
+    assert {"flask_utd.core", "flask_utd.agent", "flask_utd.ext"} <= on_disk
+    assert packaged == on_disk
