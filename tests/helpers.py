@@ -254,7 +254,7 @@ def stick(server: UwsgiServer, n: int) -> None:
         threading.Thread(target=hello, daemon=True).start()
 
 
-def stuck_workers(report: dict[str, Any]) -> list[int]:
+def stuck_workers(report: Report) -> list[int]:
     """Pids of the workers whose request thread is in ``hello``."""
     return [
         p["pid"]
@@ -267,7 +267,7 @@ def stuck_workers(report: dict[str, Any]) -> list[int]:
 
 
 def wait_stuck(server: UwsgiServer, socket_dir: str, n: int) -> list[int]:
-    last: dict[str, Any] = {}
+    last: dict[str, Report] = {}
 
     def stuck() -> list[int]:
         last["report"] = report = report_of(server, socket_dir)

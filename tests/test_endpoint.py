@@ -20,6 +20,7 @@ from flask.testing import FlaskCliRunner
 from demo_app.server import ROOT
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Report
+from flask_utd.core.report import Request
 from flask_utd.core.sockets import ensure_private_dir
 from flask_utd.core.sockets import instance_dir
 from flask_utd.ext.signing import make_token
@@ -329,7 +330,7 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
 
     from flask_utd.core.render import page_context
 
-    request = {
+    request: Request = {
         "method": "POST",
         "path": "/orders",
         "endpoint": "orders",

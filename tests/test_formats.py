@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from types import ModuleType
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -22,13 +21,14 @@ from flask_utd.core.formats import FORMATS
 from flask_utd.core.formats import render
 from flask_utd.core.page import render_page
 from flask_utd.core.render import page_context
+from flask_utd.core.report import Report
 from flask_utd.ext.signing import make_token
 from tests.apps.shout import SHOUT
 
 SECRET = "test-secret"  # the app fixture's SECRET_KEY
 
 
-def _report() -> dict[str, Any]:
+def _report() -> Report:
     return {
         "schema": "flask-utd/1",
         "generated_at": "2026-01-01T00:00:12+00:00",

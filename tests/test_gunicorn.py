@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import urllib.request
-from typing import Any
 
 import pytest
 
@@ -14,6 +13,7 @@ from demo_app.server import children
 from flask_utd.core import fallback as faultdump
 from flask_utd.core import sockets
 from flask_utd.core.collector import collect
+from flask_utd.core.report import Report
 from tests.helpers import Gunicorns
 from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
@@ -34,7 +34,7 @@ def one_socket_per_live_process(socket_dir: str, master: int, count: int) -> boo
 
 def complete_report(
     socket_dir: str, master: int, workers: int, ids: list[int] | None = None
-) -> dict[str, Any]:
+) -> Report:
     report = collect(socket_dir, str(master), timeout=5)
     processes = report["processes"]
     assert [p["status"] for p in processes] == ["ok"] * (workers + 1), processes

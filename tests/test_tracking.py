@@ -16,6 +16,8 @@ from flask_utd import utd_bp
 from flask_utd.agent import tracking
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.snapshot import process_report
+from flask_utd.core.report import Report
+from flask_utd.core.report import Request
 from flask_utd.core.report import Thread
 from tests.helpers import Servers
 from tests.helpers import lean_dump
@@ -69,6 +71,12 @@ def _thread_of(t: threading.Thread) -> Thread:
     return next(th for th in report["threads"] if th["ident"] == t.ident)
 
 
+def _request_of(t: threading.Thread) -> Request:
+    request = _thread_of(t)["request"]
+    assert request is not None, "the thread no longer serves its request"
+    return request
+
+
 def test_request_context_of_a_thread_and_its_end(
     parked_app: tuple[Flask, threading.Event],
 ) -> None:
@@ -86,9 +94,7 @@ def test_request_context_of_a_thread_and_its_end(
     offset = started.utcoffset()
     assert offset is not None and offset.total_seconds() == 0
     assert before - 1 <= started.timestamp() <= time.time()
-    later = wait_for(
-        lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r
-    )
+    later = wait_for(lambda: (r := _request_of(t))["elapsed_s"] > me["elapsed_s"] and r)
     assert later["started_at"] == me["started_at"]
     # A thread serving a request always gets its OS state, whatever it waits on.
     serving = wait_for(
@@ -160,7 +166,7 @@ def test_stuck_requests_under_uwsgi_with_threads(
         ).start()
         time.sleep(0.1)  # distinct start times, to check the order
 
-    def four_stuck() -> dict[str, Any] | None:
+    def four_stuck() -> Report | None:
         report = report_of(server, socket_dir, slow_after=0.5)
         return report if len(report["summary"]["stuck_requests"]) == 4 else None
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -40,12 +39,12 @@ class Parked:
         )
         return next(t for t in report["threads"] if t["ident"] == self.thread.ident)
 
-    def settled(self, state: str, os_state: str | None = None) -> dict[str, Any]:
+    def settled(self, state: str, os_state: str | None = None) -> Thread:
         """The thread's report once its state is ``state`` (and the OS's state
         ``os_state``, if given), with a deadline."""
-        seen: list[tuple[str, str]] = []
+        seen: list[tuple[str | None, str | None]] = []
 
-        def check() -> dict[str, Any] | None:
+        def check() -> Thread | None:
             me = self.report()
             seen.append((me["wait"], me["os_state"]))
             if me["wait"] != state or os_state not in (None, me["os_state"]):
@@ -53,7 +52,7 @@ class Parked:
             return me
 
         try:
-            found: dict[str, Any] = wait_for(check, timeout=10)
+            found: Thread = wait_for(check, timeout=10)
         except AssertionError as err:
             raise AssertionError(
                 f"never {state} ({os_state}); seen {sorted(set(seen))}"
@@ -83,8 +82,15 @@ def park() -> Iterator[Park]:
         p.stop()
 
 
-def _inferred_in(me: dict[str, Any], function: str) -> dict[str, Any]:
-    frame = me["frames"][me["wait_frame"]]
+def _wait_frame(me: Thread) -> Frame:
+    """The frame ``wait_frame`` points at, which every parked thread has."""
+    index = me["wait_frame"]
+    assert index is not None, me
+    return me["frames"][index]
+
+
+def _inferred_in(me: Thread, function: str) -> Frame:
+    frame = _wait_frame(me)
     assert frame["function"] == function, me["frames"]
     return frame
 
@@ -161,7 +167,7 @@ def test_condition_wait(park: Park) -> None:
             cond.notify_all()
 
     me = park(waiter, release).settled("waiting-condition")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("threading.py")
+    assert _wait_frame(me)["file"].endswith("threading.py")
     assert any(f["function"] == "waiter" for f in me["frames"])
 
 
@@ -192,7 +198,7 @@ def test_semaphore_is_a_lock_and_join_a_condition(park: Park) -> None:
         sem.acquire()
 
     me = park(taker, sem.release).settled("waiting-lock")
-    assert me["frames"][me["wait_frame"]]["function"] == "acquire"
+    assert _wait_frame(me)["function"] == "acquire"
 
     other = threading.Event()
     sleeper = threading.Thread(target=other.wait, args=(30,))
@@ -227,8 +233,8 @@ def test_the_same_innermost_frame_under_other_callers_in_one_dump(park: Park) ->
 
     a, b = wait_for(both, timeout=10)
     assert a["wait"] == "waiting-lock"
-    assert a["frames"][a["wait_frame"]]["function"] == "acquire"
-    assert b["frames"][b["wait_frame"]]["function"] == "wait"
+    assert _wait_frame(a)["function"] == "acquire"
+    assert _wait_frame(b)["function"] == "wait"
 
 
 def _send_and_close(sock: socket.socket) -> Callable[[], None]:
@@ -263,7 +269,7 @@ def test_socket_accept_in_the_standard_library(park: Park) -> None:
         socket.create_connection(("127.0.0.1", port)).close()
 
     me = park(acceptor, release).settled("io-socket")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("socket.py")
+    assert _wait_frame(me)["file"].endswith("socket.py")
 
 
 def test_select_and_selectors(park: Park) -> None:
@@ -286,7 +292,7 @@ def test_select_and_selectors(park: Park) -> None:
         c.close()
 
     me = park(with_selector, _send_and_close(d)).settled("io-select")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("selectors.py")
+    assert _wait_frame(me)["file"].endswith("selectors.py")
 
 
 def test_an_unnamed_c_call_has_the_os_state(park: Park) -> None:
@@ -315,7 +321,7 @@ def test_busy_loop_is_running(park: Park) -> None:
             n += 1
 
     me = park(spin, lambda: stopped.append(True)).settled("running")
-    assert me["frames"][me["wait_frame"]]["function"] == "spin"
+    assert _wait_frame(me)["function"] == "spin"
     # Running, or waiting for the GIL that the dump holds.
     assert me["os_state"] in ("R", "S")
 

@@ -4,12 +4,11 @@ as a new format is. Importing this module registers nothing; the tests add
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask_utd.core.formats import Format
+from flask_utd.core.report import Report
 
 
-def shout(report: dict[str, Any], *, compact: bool) -> str:
+def shout(report: Report, *, compact: bool) -> str:
     pids = " ".join(str(p["pid"]) for p in report["processes"])
     return f"SHOUT pids {pids} compact {compact}\n"
 
