@@ -61,7 +61,7 @@ def _timeout_message(pid: int, timeout: float) -> str:
 def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> Process:
     """Ask the agent on ``path`` for its process report; never raise.
 
-    Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
+    Speaks to the agent's RPyC server through :mod:`flask_utd.core.wire`, which does
     not import RPyC (see docs/performance.md).
     """
     call = wire.Call(path, "dump", options)

@@ -1,6 +1,6 @@
 """The ``flask utd ...`` commands (click), thin wrappers around library functions.
 
-The lean ``python -m flask_utd dump`` (:mod:`flask_utd.lean`) imports neither
+The lean ``python -m flask_utd dump`` (:mod:`flask_utd.core.lean`) imports neither
 Flask, click nor the app; ``flask utd dump`` reads the app's settings and does the
 same through the same functions. Neither starts an agent nor talks HTTP: they
 connect to the agents' sockets directly, so they work when every worker is stuck.
