@@ -19,7 +19,8 @@ utd_bp = Blueprint(
     __name__,
     url_prefix="/_utd",
     cli_group="utd",
-    template_folder="templates",
+    # The templates are the package's (flask_utd/templates), beside this tier.
+    template_folder="../templates",
 )
 utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
 utd_bp.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
