@@ -20,7 +20,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "flask_utd"
 
 #: Tier -> (tiers of flask_utd it may import, third-party packages it may import).
 TIERS: dict[str, tuple[set[str], set[str]]] = {
-    "core": ({"core"}, set()),
+    # Jinja only inside render.render_html, for the lean command's HTML page;
+    # never at import (the core's rule, flask_utd/core/__init__.py).
+    "core": ({"core"}, {"jinja2"}),
     "agent": ({"core", "agent"}, {"rpyc", "gevent", "greenlet"}),
     "servers": (
         {"core", "agent", "servers"},

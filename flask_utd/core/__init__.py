@@ -8,6 +8,8 @@ summary, the renderings and the lean command (``python -m flask_utd``).
 The rule: code here imports only the standard library and ``flask_utd.core``.
 No Flask, werkzeug, click, itsdangerous or RPyC, and nothing of the agent, the
 server integrations or the Flask side: the lean command must start fast and must
-work when the app cannot even be imported. ``tests/test_layout.py`` checks it by
+work when the app cannot even be imported. One exception, inside a function:
+:func:`.render.render_html` imports Jinja (installed with Flask) to print the
+dump page, for that format only. ``tests/test_layout.py`` checks it by
 importing every module of this package in a fresh interpreter.
 """

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from .summary import process_key
+
+
+def _origin(process: dict[str, Any]) -> str:
+    """Where a process of a merged report runs: `` on HOST, instance ID``."""
+    if "host" not in process:
+        return ""
+    return f" on {process['host']}, instance {process.get('instance')}"
 
 
 def _process_title(process: dict[str, Any]) -> str:
     role = process["role"]
     if process.get("worker_id"):
         role = f"{role} {process['worker_id']}"
-    return f"{role} (pid {process['pid']})"
+    return f"{role} (pid {process['pid']}){_origin(process)}"
 
 
 def _thread_title(thread: dict[str, Any]) -> str:
@@ -25,8 +35,10 @@ def _thread_title(thread: dict[str, Any]) -> str:
 
 def _where(process: dict[str, Any]) -> str:
     if process.get("worker_id"):
-        return f"worker {process['worker_id']} (pid {process['pid']})"
-    return f"{process.get('role') or 'process'} (pid {process['pid']})"
+        where = f"worker {process['worker_id']} (pid {process['pid']})"
+    else:
+        where = f"{process.get('role') or 'process'} (pid {process['pid']})"
+    return where + _origin(process)
 
 
 def _seconds(value: float | None) -> str:
@@ -48,7 +60,7 @@ def _plural(n: int, word: str) -> str:
 
 def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    roles = {(p["pid"]): p for p in report["processes"]}
+    roles = {process_key(p): p for p in report["processes"]}
     stuck = summary.get("stuck_requests") or []
     slow = summary.get("slow_after")
     older = f" (older than {slow:g} s)" if isinstance(slow, (int, float)) else ""
@@ -57,7 +69,7 @@ def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]
         lines.append(f"Stuck requests{older}, oldest first:")
         for item in stuck:
             process = roles.get(
-                item["pid"], {"pid": item["pid"], "role": item.get("role")}
+                process_key(item), {"pid": item["pid"], "role": item.get("role")}
             )
             endpoint = f" ({item['endpoint']})" if item.get("endpoint") else ""
             lines.append(
@@ -80,7 +92,7 @@ def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]
         lines.append("")
         lines.append("Identical stacks:")
         for group in shared:
-            pids = {t["pid"] for t in group["threads"]}
+            pids = {process_key(t) for t in group["threads"]}
             kinds = {roles[pid].get("role") for pid in pids if pid in roles}
             noun = "worker" if kinds == {"worker"} else "process"
             place = (
@@ -92,13 +104,17 @@ def _summary_lines(report: dict[str, Any], summary: dict[str, Any]) -> list[str]
                     else f"{group['processes']} processes"
                 )
             )
+            if group.get("hosts", 1) > 1:
+                place += f" on {group['hosts']} hosts"
             frame = group.get("app_frame") or (group["frames"] or [None])[-1]
             lines.append(
                 f"  {group['count']} threads in {place}:"
                 f" {group.get('wait') or 'unknown'} at {_frame_line(frame)}"
             )
             names = ", ".join(
-                f'"{t["name"]}" (pid {t["pid"]})' for t in group["threads"][:8]
+                f'"{t["name"]}" (pid {t["pid"]}'
+                + (f" on {t['host']})" if "host" in t else ")")
+                for t in group["threads"][:8]
             )
             more = len(group["threads"]) - 8
             lines.append(f"      {names}{f', and {more} more' if more > 0 else ''}")
@@ -140,14 +156,26 @@ def render_text(report: dict[str, Any]) -> str:
     """
     processes = report["processes"]
     answered = sum(1 for p in processes if p["status"] == "ok")
-    lines = [
-        f"flask-utd thread dump of server instance {report.get('instance')} on"
-        f" {report['host']} at {report['generated_at']}",
-        f"{len(processes)} process(es), {answered} answered",
-    ]
+    sources = report.get("merged_from")
+    if sources:
+        lines = [
+            f"flask-utd thread dump merged from {len(sources)} reports at"
+            f" {report['generated_at']}:"
+        ]
+        lines += [
+            f"  instance {s.get('instance')} on {s.get('host')}, taken"
+            f" {s.get('generated_at')}"
+            for s in sources
+        ]
+    else:
+        lines = [
+            f"flask-utd thread dump of server instance {report.get('instance')} on"
+            f" {report['host']} at {report['generated_at']}"
+        ]
+    lines.append(f"{len(processes)} process(es), {answered} answered")
     unlisted = report.get("unlisted")
     if unlisted:
-        pids = ", ".join(str(u["pid"]) for u in unlisted)
+        pids = ", ".join(f"{u['pid']}{_origin(u)}" for u in unlisted)
         lines.append(
             f"Not in this dump: pid {pids}, child(ren) of the master with no agent"
             " (a worker starting or exiting, or a process that runs no app, such"
@@ -265,16 +293,18 @@ def _requests_in_progress(
     """Every request being served, from the threads themselves; those the
     summary lists as stuck (``stuck_requests``) marked and first, then the
     oldest."""
-    stuck_by_key = {(r.get("pid"), r.get("ident")): r for r in stuck}
+    stuck_by_key = {(*process_key(r), r.get("ident")): r for r in stuck}
     found = []
     for process in processes:
         for thread in process["threads"]:
             if not thread["serving"] or thread["noise"]:
                 continue
             request = thread.get("request") or {}
-            listed = stuck_by_key.get((process["pid"], thread["ident"]))
+            listed = stuck_by_key.get((*process_key(process), thread["ident"]))
             found.append(
                 {
+                    "host": process.get("host"),
+                    "instance": process.get("instance"),
                     "pid": process["pid"],
                     "role": process["role"],
                     "worker_id": process.get("worker_id"),
@@ -358,3 +388,23 @@ def page_context(report: dict[str, Any]) -> dict[str, Any]:
         "requests": _requests_in_progress(shown, summary.get("stuck_requests") or []),
         "processes": shown,
     }
+
+
+#: The package's templates: ``utd/dump.html`` is the dump page.
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as the dump page (``utd/dump.html``), without a Flask app: what
+    ``merge --format html`` prints. ``GET /_utd/dump`` renders the same template
+    through Flask, so that an app can override it.
+
+    Jinja (installed with Flask) is imported here only: the lean command imports
+    it for this format alone, and it never imports the app.
+    """
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True
+    )
+    return environment.get_template("utd/dump.html").render(**page_context(report))

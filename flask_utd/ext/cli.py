@@ -49,12 +49,15 @@ def run_dump(
     timeout: float = 2.0,
     show_locals: bool = False,
     slow_after: float = 5.0,
+    fmt: str | None = None,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
     :param slow_after: requests older than this are listed first, as stuck.
+    :param fmt: ``text``, ``json`` or ``jsonl``; by default ``json`` with
+        ``as_json``, else ``text``.
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
@@ -71,8 +74,31 @@ def run_dump(
         )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    click.echo(lean.report_text(report, as_json), nl=False)
+    click.echo(lean.render(report, fmt or ("json" if as_json else "text")), nl=False)
     return lean.exit_code(report)
+
+
+def run_merge(
+    paths: Sequence[str], *, fmt: str = "text", slow_after: float | None = None
+) -> int:
+    """Merge the reports in ``paths`` (``-`` for standard input) and print the
+    merged report in ``fmt`` (``text``, ``json``, ``html`` or ``jsonl``).
+
+    :raises UsageError: an input cannot be merged (not JSON, another schema,
+        empty...), in one line.
+    """
+    from ..core import lean
+    from ..core.errors import ReportError
+    from ..core.merge import merge_reports
+    from ..core.merge import read_reports
+
+    try:
+        reports, names = read_reports(paths)
+        merged = merge_reports(reports, slow_after=slow_after, names=names)
+    except ReportError as err:
+        raise UsageError(str(err)) from err
+    click.echo(lean.render(merged, fmt), nl=False)
+    return EXIT_OK
 
 
 def run_and_finish(run: Callable[[], int], *, testing: bool = False) -> NoReturn:
@@ -110,8 +136,13 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 _dump_options = [
     click.option(
-        "--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "jsonl"]),
+        help="text (default), json (the flask-utd/1 report) or jsonl (one JSON"
+        " object per thread per line, for log pipelines).",
     ),
+    click.option("--json", "as_json", is_flag=True, help="The same as --format json."),
     click.option("--pid", type=int, help="Only this process."),
     click.option(
         "--instance",
@@ -150,6 +181,7 @@ def register(bp: Blueprint) -> None:
     @bp.cli.command("dump")
     @_with_dump_options
     def dump_command(
+        fmt: str | None,
         as_json: bool,
         pid: int | None,
         instance: str | None,
@@ -174,7 +206,36 @@ def register(bp: Blueprint) -> None:
                 slow_after=(
                     settings.slow_request if slow_after is None else slow_after
                 ),
+                fmt=fmt,
             ),
+            testing=current_app.testing,
+        )
+
+    @bp.cli.command("merge")
+    @click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "html", "jsonl"]),
+        default="text",
+        show_default=True,
+    )
+    @click.option(
+        "--slow-after",
+        type=click.FloatRange(min=0),
+        help="List requests older than this many seconds first, as stuck"
+        " (default: the reports' own).",
+    )
+    def merge_command(
+        reports: tuple[str, ...], fmt: str, slow_after: float | None
+    ) -> None:
+        """Merge flask-utd/1 reports of several hosts or server instances.
+
+        A REPORT is a file of one report or more (`dump --format json`), or -
+        for standard input.
+        """
+        run_and_finish(
+            lambda: run_merge(reports, fmt=fmt, slow_after=slow_after),
             testing=current_app.testing,
         )
 
