@@ -165,7 +165,6 @@ def test_three_hosts_merged(servers: Servers, socket_dir: str, tmp_path: Path) -
     assert (hello["count"], hello["processes"], hello["hosts"]) == (3, 3, 2)
 
     text = lean("merge", *paths, "--slow-after", "0.5").stdout
-    print(text[:4000]); print(lean("merge", *paths, "--format", "jsonl").stdout.splitlines()[3])
     assert text.startswith("flask-utd thread dump merged from 3 reports at ")
     assert "3 threads in 3 workers on 2 hosts: sleeping at " in text
     first = text.split("oldest first:\n")[1].splitlines()[0]
