@@ -37,6 +37,8 @@ def test_bench_smoke_prints_its_table() -> None:
         "flask utd dump",
         "collector.collect",
         "GET /_utd/dump",
+        "collector.collect_stats",
+        "GET /_utd/metrics, server CPU per scrape",
         "snapshot",
         "requests/s with utd_bp",
         "RSS added per worker",

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd.core.formats import FORMATS
 
 
 def test_dump_prints_every_thread_innermost_last(
@@ -87,8 +88,9 @@ def test_dump_format_html_prints_the_page(
     [
         (
             ["--format", "xml"],
-            "Error: Invalid value for '--format': 'xml' is not one of 'json',"
-            " 'text', 'html'.",
+            "Error: Invalid value for '--format': 'xml' is not one of "
+            + ", ".join(f"'{name}'" for name in FORMATS)
+            + ".",
         ),
         (["--json", "--format", "text"], "Error: --json is --format json:"),
         (["--json", "--format", "json"], "Error: --json is --format json:"),

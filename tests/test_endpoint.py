@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd.core.formats import FORMATS
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Report
 from flask_utd.core.report import Request
@@ -188,7 +189,7 @@ def test_html_for_a_browser(client: FlaskClient) -> None:
 def test_an_unknown_format_is_400(client: FlaskClient) -> None:
     response = _get(client, format="xml")
     assert response.status_code == 400
-    assert "json, text, html" in response.get_json()["error"]
+    assert ", ".join(FORMATS) in response.get_json()["error"]
 
 
 def test_html_escapes_what_threads_carry(client: FlaskClient) -> None:

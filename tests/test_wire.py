@@ -23,6 +23,7 @@ from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import wire
+from flask_utd.core.formats import FORMATS
 from tests.helpers import as_another_uid
 from tests.helpers import lean_dump
 from tests.helpers import open_modes
@@ -317,7 +318,12 @@ def test_lean_help_and_no_command() -> None:
     kwargs: dict[str, Any] = {"capture_output": True, "text": True, "cwd": ROOT}
     helped = subprocess.run([*run, "dump", "--help"], timeout=60, **kwargs)
     assert helped.returncode == 0 and helped.stderr == ""
-    for option in ("--socket-dir", "--format {json,text,html}", "--json", "--pid"):
+    for option in (
+        "--socket-dir",
+        f"--format {{{','.join(FORMATS)}}}",
+        "--json",
+        "--pid",
+    ):
         assert option in helped.stdout
     assert "(default: 2)" in helped.stdout and "(default: 5)" in helped.stdout
     bare = subprocess.run(run, timeout=60, **kwargs)

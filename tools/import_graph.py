@@ -28,7 +28,15 @@ TIERS: dict[str, tuple[set[str], set[str]]] = {
     ),
     "ext": (
         {"core", "agent", "servers", "ext"},
-        {"flask", "werkzeug", "click", "itsdangerous", "jinja2", "rpyc"},
+        {
+            "flask",
+            "werkzeug",
+            "click",
+            "itsdangerous",
+            "jinja2",
+            "rpyc",
+            "prometheus_client",
+        },
     ),
 }
 #: Module -> third-party packages it may import beyond its tier's (the rule of

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from . import marks
@@ -307,27 +308,8 @@ def collect(
             asked, deadline, final, timeout, text_options, fallback, read_children
         )
     read_children()
-    known = {p["pid"] for p in processes}
-    for worker in roster or ():
-        if (
-            worker["pid"]
-            and worker["pid"] not in known
-            and pid in (None, worker["pid"])
-        ):
-            processes.append(
-                process_entry(
-                    worker["pid"],
-                    status="error",
-                    error=f"worker {worker['worker_id']} (pid {worker['pid']}) has no"
-                    " agent socket: it may be starting, or its agent failed to start"
-                    " (see its log).",
-                    role="worker",
-                    worker_id=worker["worker_id"],
-                )
-            )
-    processes.sort(
-        key=lambda p: (ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
-    )
+    processes += _without_socket(roster, processes, pid)
+    processes.sort(key=_process_order)
     report: Report = {
         "schema": SCHEMA,
         "generated_at": _utc_now(),
@@ -339,6 +321,94 @@ def collect(
     }
     report["summary"] = summarize(report, slow_after)
     return report
+
+
+def _without_socket(
+    roster: Iterable[dict[str, Any]] | None,
+    processes: list[Process],
+    pid: int | None = None,
+) -> list[Process]:
+    """An ``error`` entry for each worker of the server's ``roster`` that is not
+    among ``processes`` (it has no agent socket)."""
+    known = {p["pid"] for p in processes}
+    return [
+        process_entry(
+            worker["pid"],
+            status="error",
+            error=f"worker {worker['worker_id']} (pid {worker['pid']}) has no agent"
+            " socket: it may be starting, or its agent failed to start (see its"
+            " log).",
+            role="worker",
+            worker_id=worker["worker_id"],
+        )
+        for worker in roster or ()
+        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"])
+    ]
+
+
+def _process_order(process: Mapping[str, Any]) -> tuple[int, int, int]:
+    return (
+        ROLE_ORDER.get(process["role"], 5),
+        process["worker_id"] or 0,
+        process["pid"],
+    )
+
+
+def collect_stats(
+    socket_dir: str,
+    instance: str,
+    *,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
+    roster: Iterable[dict[str, Any]] | None = None,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+) -> dict[str, Any]:
+    """Ask every process of ``instance`` how many requests it serves and since
+    when: the agents' ``stats``, which walks no stack (``GET /_utd/metrics``).
+
+    Returns within ``timeout`` plus a small margin. Each process is listed with
+    the same ``status`` and ``error`` as in a dump (there is no faulthandler
+    fallback: a process that does not answer is a ``timeout``), and where its
+    agent answered, ``in_flight``, ``oldest_s`` (``0.0`` when idle) and
+    ``stuck``, the count of requests of at least ``slow_after`` seconds.
+
+    :param roster: the server's own list of workers, as for :func:`collect`.
+    :param slow_after: ``UTD_SLOW_REQUEST``.
+    """
+    started = time.monotonic()
+    directory = sockets.instance_dir(socket_dir, instance)
+    entries = sockets.list_entries(directory)
+    processes: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.kind == "unsafe":
+            found = _unsafe_entry(entry)
+            if found is not None:
+                processes.append(dict(found))
+    asked = [e for e in entries if e.kind == "socket"]
+    calls = [wire.Call(e.path, "stats") for e in asked]
+    wire.call_all(calls, started + timeout)
+    for call, entry in zip(calls, asked, strict=True):
+        answer: dict[str, Any] = dict(_outcome(call, entry.pid, timeout))
+        ages = answer.pop("requests", None)
+        if isinstance(ages, list):
+            answer["in_flight"] = len(ages)
+            answer["oldest_s"] = max(ages, default=0.0)
+            answer["stuck"] = sum(1 for age in ages if age >= slow_after)
+        processes.append(answer)
+    for process in processes:
+        process.pop("threads", None)
+    processes += [
+        {k: v for k, v in p.items() if k != "threads"}
+        for p in _without_socket(roster, [], None)
+        if p["pid"] not in {q["pid"] for q in processes}
+    ]
+    processes.sort(key=_process_order)
+    return {
+        "host": socket.gethostname(),
+        "instance": instance,
+        "slow_after": slow_after,
+        "elapsed_s": round(time.monotonic() - started, 4),
+        "processes": processes,
+    }
 
 
 def _children(instance: str) -> set[int]:

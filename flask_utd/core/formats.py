@@ -64,6 +64,13 @@ def _html(report: Report, *, compact: bool) -> str:
     return render_page(report)
 
 
+def _jsonl(report: Report, *, compact: bool) -> str:
+    # One JSON object per thread per line: always compact.
+    from .jsonl import render_jsonl
+
+    return render_jsonl(report)
+
+
 #: Every format, by name. The first is the endpoint's answer to ``Accept: */*``
 #: (curl, most HTTP libraries) and to an ``Accept`` that names no format here.
 FORMATS: dict[str, Format] = {
@@ -72,6 +79,7 @@ FORMATS: dict[str, Format] = {
         Format("json", "application/json", _json),
         Format("text", "text/plain", _text),
         Format("html", "text/html", _html),
+        Format("jsonl", "application/x-ndjson", _jsonl),
     )
 }
 

@@ -114,6 +114,34 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         help="list requests older than this many seconds first, as stuck"
         " (default: %(default)g)",
     )
+    merge = commands.add_parser(
+        "merge",
+        help="merge the reports of several hosts or server instances into one",
+        description="Merge the flask-utd/1 reports of several hosts or server"
+        " instances into one: stuck requests across all of them first, identical"
+        " stacks grouped across hosts.",
+    )
+    merge.add_argument(
+        "paths",
+        metavar="REPORT",
+        nargs="+",
+        help="a file of one report or more (`dump --format json`), or - for"
+        " standard input",
+    )
+    merge.add_argument(
+        "--format",
+        choices=list(formats.FORMATS),
+        default=formats.DEFAULT,
+        help="what to print: %(choices)s (default: %(default)s)",
+    )
+    merge.add_argument(
+        "--slow-after",
+        metavar="SECONDS",
+        type=_slow_after,
+        default=None,
+        help="list requests older than this many seconds first, as stuck"
+        " (default: the smallest of the reports' own)",
+    )
     return parser
 
 
@@ -184,6 +212,34 @@ def dump(
     return exit_code(report)
 
 
+def merge(
+    paths: Sequence[str],
+    *,
+    format: str = formats.DEFAULT,
+    slow_after: float | None = None,
+) -> int:
+    """Merge the reports in ``paths`` (``-`` for standard input), print the
+    merged report, return the exit code.
+
+    :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
+    :returns: 0, or 2 when an input cannot be merged (said on stderr, in one
+        line).
+    """
+    from .errors import ReportError
+    from .merge import merge_reports
+    from .merge import read_reports
+
+    try:
+        reports, names = read_reports(paths)
+        merged = merge_reports(reports, slow_after=slow_after, names=names)
+    except ReportError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(formats.render(merged, format))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> None:
     """Run the lean command line and exit with its code.
 
@@ -194,6 +250,10 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
         script = os.path.basename(sys.argv[0]) if sys.argv else ""
         prog_name = script if script == "flask-utd" else "python -m flask_utd"
     options = make_parser(prog_name).parse_args(argv)
+    if options.command == "merge":
+        raise SystemExit(
+            merge(options.paths, format=options.format, slow_after=options.slow_after)
+        )
     if options.socket_dir:
         dirs = [os.path.abspath(options.socket_dir)]
     else:

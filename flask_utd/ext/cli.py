@@ -79,6 +79,32 @@ def run_dump(
     return lean.exit_code(report)
 
 
+def run_merge(
+    paths: Sequence[str],
+    *,
+    format: str = formats.DEFAULT,
+    slow_after: float | None = None,
+) -> int:
+    """Merge the reports in ``paths`` (``-`` for standard input) and print the
+    merged report in ``format`` (a name in
+    :data:`~flask_utd.core.formats.FORMATS`).
+
+    :raises UsageError: an input cannot be merged (not JSON, another schema,
+        empty...), in one line.
+    """
+    from ..core.errors import ReportError
+    from ..core.merge import merge_reports
+    from ..core.merge import read_reports
+
+    try:
+        reports, names = read_reports(paths)
+        merged = merge_reports(reports, slow_after=slow_after, names=names)
+    except ReportError as err:
+        raise UsageError(str(err)) from err
+    click.echo(formats.render(merged, format), nl=False)
+    return EXIT_OK
+
+
 def run_and_finish(run: Callable[[], int], *, testing: bool = False) -> NoReturn:
     """Run a command's body and end the process with its exit code, promptly,
     errors included (see :func:`finish`)."""
@@ -185,6 +211,33 @@ def register(bp: Blueprint) -> None:
                     settings.slow_request if slow_after is None else slow_after
                 ),
             ),
+            testing=current_app.testing,
+        )
+
+    @bp.cli.command("merge")
+    @click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
+    @click.option(
+        "--format",
+        type=click.Choice(list(formats.FORMATS)),
+        default=formats.DEFAULT,
+        show_default=True,
+    )
+    @click.option(
+        "--slow-after",
+        type=click.FloatRange(min=0),
+        help="List requests older than this many seconds first, as stuck"
+        " (default: the reports' own).",
+    )
+    def merge_command(
+        reports: tuple[str, ...], format: str, slow_after: float | None
+    ) -> None:
+        """Merge flask-utd/1 reports of several hosts or server instances.
+
+        A REPORT is a file of one report or more (`dump --format json`), or -
+        for standard input.
+        """
+        run_and_finish(
+            lambda: run_merge(reports, format=format, slow_after=slow_after),
             testing=current_app.testing,
         )
 
