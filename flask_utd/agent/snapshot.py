@@ -133,6 +133,7 @@ def _entry(
     stack: Stack,
     memo: dict[int, dict[int, Frame]],
     ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]],
+    callees: dict[tuple[int, int], waits.Callee | None],
     shared: bool,
 ) -> tuple[Thread, list[FrameType]]:
     """The report entry of one stack, and its frame objects when locals are asked
@@ -164,6 +165,18 @@ def _entry(
     owner = None
     if wait == "waiting-lock" and frames and frame is not None:
         owner = waits.lock_owner(frame, frames[-1]["code"], stack.ident)
+    # The C function the innermost frame is in, by name: read once per
+    # instruction (``callees``), looked up in each thread's own frame.
+    call = None
+    if calling and frame is not None and waits.names_its_call(frame):
+        where = (id(frame.f_code), frame.f_lasti)
+        if where not in callees:
+            callees[where] = waits.callee(frame.f_code, frame.f_lasti)
+        called = callees[where]
+        if called is not None:
+            call = waits.call_name(frame, called)
+            if call is not None and wait == "unknown":
+                wait = "in-call"
     entry: Thread = {
         "ident": stack.ident,
         "native_id": stack.native_id,
@@ -178,6 +191,7 @@ def _entry(
         "os_state": os_state,
         "wchan": wchan,
         "lock_owner": owner,
+        "call": call,
         "frames": frames,
     }
     if stack.thread_ident is not None:
@@ -210,13 +224,14 @@ def thread_reports(
     own: list[Thread] = []
     memo: dict[int, dict[int, Frame]] = {}
     ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
+    callees: dict[tuple[int, int], waits.Callee | None] = {}
     shared = locals_request is None
     try:
         for source in sources():
             found = source(context)
             threads.omitted += found.omitted
             for stack in found.stacks:
-                entry, objects = _entry(stack, memo, ends, shared)
+                entry, objects = _entry(stack, memo, ends, callees, shared)
                 if stack.own is not None:
                     own.append(entry)
                     continue
@@ -229,7 +244,7 @@ def thread_reports(
             locals_entry = collect_locals(with_locals, locals_request)
     finally:
         # Frame objects keep every local of every stack alive: drop them now.
-        del context, with_locals, memo
+        del context, with_locals, memo, callees
     threads.extend(own)
     return threads, locals_entry
 
