@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd.core import lean
 
 
 def test_dump_prints_every_thread_innermost_last(
@@ -26,10 +27,39 @@ def test_dump_prints_every_thread_innermost_last(
     out = result.output
     assert f"process (pid {os.getpid()}): ok" in out
     assert 'Thread "utd-agent"' in out and "flask-utd agent" in out
-    assert "Stack (most recent call last):" in out
-    # This thread is in the dump, outermost frame first, innermost last.
-    me = out.split('Thread "MainThread"')[1].split("\nThread ")[0]
+    # This thread collects the dump: flask-utd's own, its stack on request.
+    result = runner.invoke(args=["utd", "dump", "--all-threads"])
+    assert "Stack (most recent call last):" in result.output
+    me = result.output.split('Thread "MainThread"')[1].split("\nThread ")[0]
     assert me.index("in invoke") < me.index("in run_dump") < me.index("in collect")
+
+
+def test_flask_utds_own_threads_are_one_line_unless_all_threads(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    socket_dir: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client.get("/")  # starts this process's agent
+    folded = runner.invoke(args=["utd", "dump"]).output
+    agent = [x for x in folded.splitlines() if x.startswith('Thread "utd-agent"')]
+    assert len(agent) == 1
+    assert agent[0].endswith("flask-utd agent): stack not shown (--all-threads)")
+    assert ", collecting this dump): stack not shown (--all-threads)" in folded
+    assert "in exposed_dump" not in folded and "in run_dump" not in folded
+    full = runner.invoke(args=["utd", "dump", "--all-threads"]).output
+    assert "stack not shown" not in full
+    assert "in exposed_dump" in full and "in run_dump" in full
+
+    # python -m flask_utd dump: the same option.
+    for args, shown in (([], False), (["--all-threads"], True)):
+        with pytest.raises(SystemExit) as exited:
+            lean.main(["dump", "--socket-dir", socket_dir, *args])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert ("in exposed_dump" in out) is shown
+        assert ("stack not shown (--all-threads)" in out) is not shown
 
 
 def test_dump_json_and_pid(
@@ -67,7 +97,7 @@ def test_dump_format_text_is_the_default(
         result = runner.invoke(args=["utd", "dump", *args])
         assert result.exit_code == 0, result.output
         assert result.output.startswith("flask-utd thread dump of server instance")
-        assert "Stack (most recent call last):" in result.output
+        assert "\nFull dump:\n" in result.output
 
 
 def test_dump_format_html_prints_the_page(

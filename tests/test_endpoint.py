@@ -165,7 +165,7 @@ def test_text(client: FlaskClient) -> None:
         assert response.mimetype == "text/plain"
         text = response.get_data(as_text=True)
         assert f"process (pid {os.getpid()}): ok" in text
-        assert "Stack (most recent call last):" in text
+        assert "\nFull dump:\n" in text
         assert 'Thread "utd-agent"' in text
 
 

@@ -107,11 +107,17 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         help="show the locals of the innermost frames (the app must set UTD_LOCALS)",
     )
     dump.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="show the stacks of flask-utd's own threads too (the text shows"
+        " one line for each by default)",
+    )
+    dump.add_argument(
         "--slow-after",
         metavar="SECONDS",
         type=_slow_after,
         default=DEFAULTS["UTD_SLOW_REQUEST"],
-        help="list requests older than this many seconds first, as stuck"
+        help="mark requests older than this many seconds as stuck"
         " (default: %(default)g)",
     )
     return parser
@@ -160,10 +166,12 @@ def dump(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    all_threads: bool = False,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
+    :param all_threads: show flask-utd's own threads in full.
     :returns: 0 when every process answered, 2 on a usage error (said on
         stderr), 3 when some process did not answer.
     """
@@ -179,7 +187,7 @@ def dump(
     except InstanceNotFound as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(formats.render(report, format))
+    sys.stdout.write(formats.render(report, format, all_threads=all_threads))
     sys.stdout.flush()
     return exit_code(report)
 
@@ -207,5 +215,6 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             timeout=options.timeout,
             show_locals=options.show_locals,
             slow_after=options.slow_after,
+            all_threads=options.all_threads,
         )
     )

@@ -93,6 +93,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                         "started_at": request.get("started_at"),
                         "elapsed_s": request.get("elapsed_s"),
                         "wait": thread.get("wait"),
+                        "call": thread.get("call"),
                         "app_frame": app_frame(frames),
                     }
                 )
@@ -103,6 +104,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "count": 0,
                     "processes": 0,
                     "wait": thread.get("wait"),
+                    "call": thread.get("call"),
                     "frames": frames,
                     "app_frame": app_frame(frames),
                     "threads": [],

@@ -52,13 +52,15 @@ def run_dump(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    all_threads: bool = False,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
-    :param slow_after: requests older than this are listed first, as stuck.
+    :param slow_after: requests older than this are marked as stuck.
+    :param all_threads: show flask-utd's own threads in full.
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
@@ -75,7 +77,7 @@ def run_dump(
         )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    click.echo(formats.render(report, format), nl=False)
+    click.echo(formats.render(report, format, all_threads=all_threads), nl=False)
     return lean.exit_code(report)
 
 
@@ -133,8 +135,14 @@ _dump_options = [
     click.option(
         "--slow-after",
         type=click.FloatRange(min=0),
-        help="List requests older than this many seconds first, as stuck"
+        help="Mark requests older than this many seconds as stuck"
         " (default: UTD_SLOW_REQUEST).",
+    ),
+    click.option(
+        "--all-threads",
+        is_flag=True,
+        help="Show the stacks of flask-utd's own threads too (one line each by"
+        " default).",
     ),
     click.option(
         "--timeout",
@@ -164,6 +172,7 @@ def register(bp: Blueprint) -> None:
         timeout: float | None,
         show_locals: bool,
         slow_after: float | None,
+        all_threads: bool,
     ) -> None:
         """Print a thread dump of every process of the running server."""
         if as_json and format is not None:
@@ -184,6 +193,7 @@ def register(bp: Blueprint) -> None:
                 slow_after=(
                     settings.slow_request if slow_after is None else slow_after
                 ),
+                all_threads=all_threads,
             ),
             testing=current_app.testing,
         )

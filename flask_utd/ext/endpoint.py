@@ -124,7 +124,9 @@ def dump() -> Response:
 
 
 def _represent(report: Report, fmt: Format) -> Response:
-    response = Response(fmt.render(report, compact=True), mimetype=fmt.media_type)
+    response = Response(
+        fmt.render(report, compact=True, all_threads=False), mimetype=fmt.media_type
+    )
     response.vary.add("Accept")
     # The URL carries the token: keep it out of caches and Referer headers.
     response.headers["Cache-Control"] = "no-store"
