@@ -255,6 +255,63 @@ def test_url_command_prints_a_url_the_endpoint_accepts(
     assert client.get(url.removeprefix("https://app.example.com")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("listen", "base"),
+    [
+        ("127.0.0.1:9191", "http://127.0.0.1:9191"),
+        ("[::1]:9191", "http://[::1]:9191"),
+        ("0.0.0.0:9191", f"http://{socket.gethostname()}:9191"),
+    ],
+)
+def test_url_command_gives_the_admin_listeners_full_url(
+    socket_dir: str, listen: str, base: str
+) -> None:
+    """With ``UTD_ADMIN_LISTEN`` at a host and port, the URL to open is the
+    admin listener's: nothing for the user to complete."""
+    from flask_utd import utd_bp
+
+    app = Flask("withadmin")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=listen,
+    )
+    app.register_blueprint(utd_bp)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    assert url.startswith(f"{base}/_utd/dump?token=")
+    client = app.test_client()
+    assert client.get(url.removeprefix(base)).status_code == 200
+    # --base still wins.
+    other = runner.invoke(args=["utd", "url", "--base", "https://app.example.com"])
+    assert other.output.startswith("https://app.example.com/_utd/dump?token=")
+
+
+def test_url_command_with_an_admin_listener_on_a_unix_socket(socket_dir: str) -> None:
+    from flask_utd import utd_bp
+
+    app = Flask("withunixadmin")
+    where = os.path.join(socket_dir, "admin.sock")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=f"unix:{where}",
+    )
+    app.register_blueprint(utd_bp)
+    result = app.test_cli_runner().invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    assert path.startswith("/_utd/dump?token=")
+    assert result.stderr == (
+        f"The admin listener is on the Unix socket {where}: curl --unix-socket"
+        f" {where} 'http://localhost{path}'\n"
+    )
+
+
 @pytest.mark.parametrize("expires", ["0", "-1", "301"])
 def test_url_command_refuses_a_lifetime_beyond_the_maximum(
     runner: FlaskCliRunner, expires: str

@@ -25,6 +25,7 @@ from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
+from .errors import SocketDirError
 from .report import Report
 
 
@@ -137,6 +138,7 @@ def collect_one(
     Shared by this command and ``flask utd dump``.
 
     :raises InstanceNotFound: no instance, several, or no process ``pid``.
+    :raises SocketDirError: this user may not read the socket directory.
     """
     socket_dir, found = find_instance(socket_dirs, instance)
     report = collect(
@@ -172,8 +174,9 @@ def dump(
 
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :param all_threads: show flask-utd's own threads in full.
-    :returns: 0 when every process answered, 2 on a usage error (said on
-        stderr), 3 when some process did not answer.
+    :returns: 0 when every process answered, 2 on a usage error or a socket
+        directory this user may not read (said on stderr), 3 when some process
+        did not answer.
     """
     try:
         report = collect_one(
@@ -184,7 +187,7 @@ def dump(
             show_locals=show_locals,
             slow_after=slow_after,
         )
-    except InstanceNotFound as err:
+    except (InstanceNotFound, SocketDirError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
     sys.stdout.write(formats.render(report, format, all_threads=all_threads))
