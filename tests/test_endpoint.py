@@ -86,11 +86,31 @@ def test_bad_tokens_get_403_and_no_collection(
     reason: str,
 ) -> None:
     assert app.config["UTD_URL_MAX_AGE"] == MAX_AGE
-    for accept in ("application/json", BROWSER):
-        response = client.get(dump_url(token), headers={"Accept": accept})
+    for accept in ("application/json", "*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        response = client.get(dump_url(token), headers=headers)
         assert response.status_code == 403
         assert response.mimetype == "application/json"
         assert response.get_json() == {"error": reason}
+    # A browser gets a page that says what happened and how to get a new link.
+    for response in (
+        client.get(dump_url(token), headers={"Accept": BROWSER}),
+        client.get(dump_url(token, format="html")),
+    ):
+        assert response.status_code == 403
+        assert response.mimetype == "text/html"
+        page = response.get_data(as_text=True)
+        title = {
+            "expired token": "This link has expired",
+            "missing token": "This address needs a signed link",
+        }.get(reason, "This link is not valid")
+        assert f"<h1>{title}</h1>" in page
+        assert "<pre>flask --app yourapp utd url</pre>" in page
+        assert "within 5 minutes" in page and f"403 {reason}" in page
+        assert "<script" not in page
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert listening.connections() == 0
 
 
