@@ -40,6 +40,7 @@ import re
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Sequence
 from types import CodeType
 from types import FrameType
@@ -438,6 +439,26 @@ def callee(code: CodeType, lasti: int) -> Callee | None:
         return where, tuple(names)
     except Exception:
         return None
+
+
+#: What :func:`callee` read, by code object (its id, checked through a weak
+#: reference) and instruction, kept across dumps: reading the bytecode costs
+#: more than the rest of a thread's entry. Cleared when it holds this many.
+_MAX_CODES = 1000
+_callees: dict[int, tuple[weakref.ref[CodeType], dict[int, Callee | None]]] = {}
+
+
+def cached_callee(code: CodeType, lasti: int) -> Callee | None:
+    """:func:`callee`, read once per code object and instruction."""
+    found = _callees.get(id(code))
+    if found is None or found[0]() is not code:
+        if len(_callees) >= _MAX_CODES:
+            _callees.clear()
+        found = _callees[id(code)] = (weakref.ref(code), {})
+    by_instruction = found[1]
+    if lasti not in by_instruction:
+        by_instruction[lasti] = callee(code, lasti)
+    return by_instruction[lasti]
 
 
 def _type_name(cls: type) -> str:
