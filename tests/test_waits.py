@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dis
+import functools
 import json
 import os
 import queue
@@ -426,6 +427,72 @@ def test_naming_the_call_runs_no_code_of_the_app(
     # The property is not called to find what is called: the call stays unnamed.
     assert me["call"] is None and lazy.reads == before + 1
     assert (_inferred_in(me, "write")["code"] or "").startswith("lazy.db.execute(")
+
+
+class Disguised:
+    """An object that runs code when asked what it is (``__class__``), or for its
+    ``__dict__``: naming a call through it must do neither."""
+
+    asked: list[str] = []
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        Disguised.asked.append("__class__")
+        return Disguised
+
+
+class NoDict:
+    """Its attributes live where Python keeps them, but asking for its
+    ``__dict__`` runs code."""
+
+    asked: list[str] = []
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        NoDict.asked.append("__dict__")
+        return {}
+
+
+def test_naming_the_call_asks_no_object_what_it_is(
+    locked_database: tuple[str, sqlite3.Connection], park: Park
+) -> None:
+    path, holder = locked_database
+    released = threading.Event()
+    # Autocommit: each insert holds the database only while it runs.
+    connect = functools.partial(
+        sqlite3.connect, path, timeout=30, check_same_thread=False
+    )
+    disguised = Disguised(connect(isolation_level=None))
+    no_dict = NoDict(connect(isolation_level=None))
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.execute("ROLLBACK")
+
+    def through_disguised() -> None:
+        disguised.db.execute("INSERT INTO post (title) VALUES ('d')")
+
+    def through_no_dict() -> None:
+        no_dict.db.execute("INSERT INTO post (title) VALUES ('n')")
+
+    Disguised.asked.clear()
+    first = park(through_disguised, release).settled("in-call")
+    assert first["call"] == "sqlite3.Connection.execute"
+    assert Disguised.asked == []
+    NoDict.asked.clear()
+    # Such an object's attributes are not read: the call stays unnamed.
+    me = park(through_no_dict, release).settled("unknown")
+    assert _inferred_in(me, "through_no_dict")["code"] == (
+        "no_dict.db.execute(\"INSERT INTO post (title) VALUES ('n')\")"
+    )
+    assert me["call"] is None and NoDict.asked == []
 
 
 def _calls_in(function: Callable[..., object]) -> list[Callee | None]:

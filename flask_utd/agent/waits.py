@@ -46,6 +46,7 @@ from types import CodeType
 from types import FrameType
 from types import ModuleType
 from typing import Any
+from typing import TypeGuard
 
 from ..core.report import Frame
 
@@ -461,20 +462,28 @@ def cached_callee(code: CodeType, lasti: int) -> Callee | None:
     return by_instruction[lasti]
 
 
+# Exact type checks below, never ``isinstance`` on the app's objects: it may
+# read an object's ``__class__``, which a class can make a property.
+
+
+def _is_class(value: object) -> TypeGuard[type]:
+    return issubclass(type(value), type)
+
+
 def _type_name(cls: type) -> str:
     # Through type's own descriptors: a metaclass's property cannot run.
     module = type.__dict__["__module__"].__get__(cls)
     qualname = type.__dict__["__qualname__"].__get__(cls)
-    if not isinstance(qualname, str):
+    if type(qualname) is not str:
         raise TypeError("no name")
-    if module in (None, "builtins") or not isinstance(module, str):
+    if type(module) is not str or module == "builtins":
         return qualname
     return f"{module}.{qualname}"
 
 
 def _module_name(module: ModuleType) -> str:
     name = module.__dict__.get("__name__")
-    return name if isinstance(name, str) else "?"
+    return name if type(name) is str else "?"
 
 
 def _builtin_name(function: types.BuiltinFunctionType) -> str:
@@ -488,7 +497,7 @@ def _builtin_name(function: types.BuiltinFunctionType) -> str:
         if module in (None, "builtins"):
             return function.__name__
         return f"{module}.{function.__name__}"
-    if isinstance(owner, type):
+    if _is_class(owner):
         return f"{_type_name(owner)}.{function.__name__}"
     return f"{_type_name(type(owner))}.{function.__name__}"
 
@@ -503,16 +512,29 @@ def _in_class(cls: type, name: str) -> Any:
     raise LookupError(name)
 
 
+def _own_dict(value: Any) -> dict[str, Any] | None:
+    """The object's own ``__dict__``, where its class keeps it the ordinary way
+    (a class may make ``__dict__`` a property: that is not read)."""
+    try:
+        descriptor = _in_class(type(value), "__dict__")
+    except LookupError:
+        return None
+    if type(descriptor) is not types.GetSetDescriptorType:
+        return None
+    namespace = descriptor.__get__(value, type(value))
+    return namespace if type(namespace) is dict else None
+
+
 def _attribute(value: Any, name: str) -> Any:
     """``value.name`` as stored, without running a property, a ``__getattr__``
     or a module's ``__getattr__``: from a module's namespace, a class's, or an
     object's own ``__dict__``."""
     if type(value) is ModuleType:
         return value.__dict__[name]
-    if isinstance(value, type):
+    if _is_class(value):
         return _in_class(value, name)
-    namespace = object.__getattribute__(value, "__dict__")
-    if type(namespace) is not dict:
+    namespace = _own_dict(value)
+    if namespace is None:
         raise LookupError(name)
     return namespace[name]
 
@@ -524,25 +546,22 @@ def _method_name(value: Any, name: str) -> str | None:
     if type(value) is ModuleType:
         # By the module it is called through: ``os.read``, not ``posix.read``.
         found = value.__dict__.get(name)
-        if isinstance(found, types.BuiltinFunctionType):
+        if type(found) is types.BuiltinFunctionType:
             return f"{_module_name(value)}.{name}"
         return None
-    if isinstance(value, type):
+    if _is_class(value):
         found = _in_class(value, name)
         owner = value
     else:
-        try:
-            own = object.__getattribute__(value, "__dict__")
-        except AttributeError:
-            own = None
-        if type(own) is dict and name in own:
+        own = _own_dict(value)
+        if own is not None and name in own:
             found = own[name]
-            if isinstance(found, types.BuiltinFunctionType):
+            if type(found) is types.BuiltinFunctionType:
                 return _builtin_name(found)
             return None
         owner = type(value)
         found = _in_class(owner, name)
-    if isinstance(found, _C_METHODS):
+    if type(found) in _C_METHODS:
         return f"{_type_name(owner)}.{name}"
     return None
 
@@ -573,7 +592,7 @@ def call_name(frame: FrameType, called: Callee) -> str | None:
         else:
             return None
         if not attributes:
-            if isinstance(value, types.BuiltinFunctionType):
+            if type(value) is types.BuiltinFunctionType:
                 return _builtin_name(value)
             return None
         *path, method = attributes
