@@ -164,6 +164,35 @@ def test_rlock_owner_is_the_holding_thread(park: Park) -> None:
     assert h.settled("waiting-condition")["lock_owner"] is None
 
 
+class GuardedAccount(Account):
+    """An account whose ``__dict__`` is a property: finding its lock must not
+    run it."""
+
+    asked: list[str] = []
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        GuardedAccount.asked.append("__dict__")
+        return {}
+
+
+def test_finding_the_lock_runs_no_code_of_the_app(park: Park) -> None:
+    account = GuardedAccount()
+    holding = threading.Event()
+    done = threading.Event()
+
+    def holder() -> None:
+        with account._lock:
+            holding.set()
+            done.wait(30)
+
+    park(holder, done.set)
+    assert holding.wait(10)
+    GuardedAccount.asked.clear()
+    me = park(account.update, lambda: None).settled("waiting-lock")
+    assert me["lock_owner"] is None and GuardedAccount.asked == []
+
+
 def test_condition_wait(park: Park) -> None:
     cond = threading.Condition()
     flag: list[bool] = []

@@ -257,8 +257,9 @@ def _owner(lock: Any) -> int | None:
 
 
 def _resolve(frame: FrameType, dotted: str) -> Any:
-    """``a.b.c`` from the frame's locals or globals, through instance ``__dict__``s
-    only, so that no property or ``__getattr__`` runs."""
+    """``a.b.c`` from the frame's locals or globals, through modules', classes'
+    and objects' own namespaces only (:func:`_attribute`), so that no property
+    or ``__getattr__`` runs."""
     first, *rest = dotted.split(".")
     scope = frame.f_locals
     if first in scope:
@@ -269,12 +270,9 @@ def _resolve(frame: FrameType, dotted: str) -> Any:
         return None
     for name in rest:
         try:
-            namespace = object.__getattribute__(value, "__dict__")
-        except AttributeError:
+            value = _attribute(value, name)
+        except (LookupError, TypeError):
             return None
-        if not isinstance(namespace, dict) or name not in namespace:
-            return None
-        value = namespace[name]
     return value
 
 
