@@ -87,11 +87,31 @@ def test_bad_tokens_get_403_and_no_collection(
     reason: str,
 ) -> None:
     assert app.config["UTD_URL_MAX_AGE"] == MAX_AGE
-    for accept in ("application/json", BROWSER):
-        response = client.get(dump_url(token), headers={"Accept": accept})
+    for accept in ("application/json", "*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        response = client.get(dump_url(token), headers=headers)
         assert response.status_code == 403
         assert response.mimetype == "application/json"
         assert response.get_json() == {"error": reason}
+    # A browser gets a page that says what happened and how to get a new link.
+    for response in (
+        client.get(dump_url(token), headers={"Accept": BROWSER}),
+        client.get(dump_url(token, format="html")),
+    ):
+        assert response.status_code == 403
+        assert response.mimetype == "text/html"
+        page = response.get_data(as_text=True)
+        title = {
+            "expired token": "This link has expired",
+            "missing token": "This address needs a signed link",
+        }.get(reason, "This link is not valid")
+        assert f"<h1>{title}</h1>" in page
+        assert "<pre>flask --app yourapp utd url</pre>" in page
+        assert "within 5 minutes" in page and f"403 {reason}" in page
+        assert "<script" not in page
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert listening.connections() == 0
 
 
@@ -166,7 +186,7 @@ def test_text(client: FlaskClient) -> None:
         assert response.mimetype == "text/plain"
         text = response.get_data(as_text=True)
         assert f"process (pid {os.getpid()}): ok" in text
-        assert "Stack (most recent call last):" in text
+        assert "\nFull dump:\n" in text
         assert 'Thread "utd-agent"' in text
 
 
@@ -254,6 +274,63 @@ def test_url_command_prints_a_url_the_endpoint_accepts(
     url = result.output.strip()
     assert url.startswith("https://app.example.com/_utd/dump?token=")
     assert client.get(url.removeprefix("https://app.example.com")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("listen", "base"),
+    [
+        ("127.0.0.1:9191", "http://127.0.0.1:9191"),
+        ("[::1]:9191", "http://[::1]:9191"),
+        ("0.0.0.0:9191", f"http://{socket.gethostname()}:9191"),
+    ],
+)
+def test_url_command_gives_the_admin_listeners_full_url(
+    socket_dir: str, listen: str, base: str
+) -> None:
+    """With ``UTD_ADMIN_LISTEN`` at a host and port, the URL to open is the
+    admin listener's: nothing for the user to complete."""
+    from flask_utd import utd_bp
+
+    app = Flask("withadmin")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=listen,
+    )
+    app.register_blueprint(utd_bp)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    assert url.startswith(f"{base}/_utd/dump?token=")
+    client = app.test_client()
+    assert client.get(url.removeprefix(base)).status_code == 200
+    # --base still wins.
+    other = runner.invoke(args=["utd", "url", "--base", "https://app.example.com"])
+    assert other.output.startswith("https://app.example.com/_utd/dump?token=")
+
+
+def test_url_command_with_an_admin_listener_on_a_unix_socket(socket_dir: str) -> None:
+    from flask_utd import utd_bp
+
+    app = Flask("withunixadmin")
+    where = os.path.join(socket_dir, "admin.sock")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=f"unix:{where}",
+    )
+    app.register_blueprint(utd_bp)
+    result = app.test_cli_runner().invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    assert path.startswith("/_utd/dump?token=")
+    assert result.stderr == (
+        f"The admin listener is on the Unix socket {where}: curl --unix-socket"
+        f" {where} 'http://localhost{path}'\n"
+    )
 
 
 @pytest.mark.parametrize("expires", ["0", "-1", "301"])

@@ -119,20 +119,30 @@ def _frame_stack(
     return frames, objects, omitted
 
 
-def _infer_from_end(
-    frames: list[Frame], calling: bool | None
-) -> tuple[str, int | None, bool | None]:
+#: What the innermost frames of a stack tell, shared by the stacks that end in
+#: the same frames: the wait, the frame it was read from (counted from the
+#: innermost), whether the innermost frame is in a call, and what it calls.
+_End = tuple[str, int | None, bool | None, waits.Callee | None]
+
+
+def _read_end(frame: FrameType | None, frames: list[Frame]) -> _End:
     """:func:`waits.infer`, with the frame it was read from counted from the
-    innermost (0), so that threads with other outer frames can share it, and
-    ``calling``."""
+    innermost (0), so that threads with other outer frames can share it;
+    ``calling``; and the callee of the innermost frame's call
+    (:func:`waits.cached_callee`), where naming it tells something."""
+    calling = None if frame is None else waits.in_call(frame)
     wait, index = waits.infer(frames, calling=calling)
-    return wait, None if index is None else len(frames) - 1 - index, calling
+    called = None
+    if calling and frame is not None and waits.names_its_call(frame):
+        called = waits.cached_callee(frame.f_code, frame.f_lasti)
+    return wait, None if index is None else len(frames) - 1 - index, calling, called
 
 
 def _entry(
     stack: Stack,
     memo: dict[int, dict[int, Frame]],
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]],
+    ends: dict[tuple[int, ...], _End],
+    global_calls: dict[tuple[int, ...], str | None],
     shared: bool,
 ) -> tuple[Thread, list[FrameType]]:
     """The report entry of one stack, and its frame objects when locals are asked
@@ -145,9 +155,8 @@ def _entry(
     end = tuple(map(id, frames[-waits.INNERMOST :]))
     inferred = ends.get(end)
     if inferred is None:
-        calling = None if frame is None else waits.in_call(frame)
-        inferred = ends[end] = _infer_from_end(frames, calling)
-    wait, from_end, calling = inferred
+        inferred = ends[end] = _read_end(frame, frames)
+    wait, from_end, calling, called = inferred
     wait_frame = None if from_end is None else len(frames) - 1 - from_end
     # The OS state only where it tells more than the frames: reading it costs
     # more than walking a 20-frame stack (docs/diagnosis.rst). A greenlet has
@@ -164,6 +173,19 @@ def _entry(
     owner = None
     if wait == "waiting-lock" and frames and frame is not None:
         owner = waits.lock_owner(frame, frames[-1]["code"], stack.ident)
+    # The C function the innermost frame is in, by name: looked up in the
+    # thread's own locals, or once per end of stack for a global (the same code
+    # has the same globals).
+    call = None
+    if called is not None and frame is not None:
+        if called[0] != "global":
+            call = waits.call_name(frame, called)
+        elif end in global_calls:
+            call = global_calls[end]
+        else:
+            call = global_calls[end] = waits.call_name(frame, called)
+        if call is not None and wait == "unknown":
+            wait = "in-call"
     entry: Thread = {
         "ident": stack.ident,
         "native_id": stack.native_id,
@@ -178,6 +200,7 @@ def _entry(
         "os_state": os_state,
         "wchan": wchan,
         "lock_owner": owner,
+        "call": call,
         "frames": frames,
     }
     if stack.thread_ident is not None:
@@ -209,14 +232,15 @@ def thread_reports(
     threads = ThreadReports()
     own: list[Thread] = []
     memo: dict[int, dict[int, Frame]] = {}
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
+    ends: dict[tuple[int, ...], _End] = {}
+    global_calls: dict[tuple[int, ...], str | None] = {}
     shared = locals_request is None
     try:
         for source in sources():
             found = source(context)
             threads.omitted += found.omitted
             for stack in found.stacks:
-                entry, objects = _entry(stack, memo, ends, shared)
+                entry, objects = _entry(stack, memo, ends, global_calls, shared)
                 if stack.own is not None:
                     own.append(entry)
                     continue
@@ -229,7 +253,7 @@ def thread_reports(
             locals_entry = collect_locals(with_locals, locals_request)
     finally:
         # Frame objects keep every local of every stack alive: drop them now.
-        del context, with_locals, memo
+        del context, with_locals, memo, global_calls
     threads.extend(own)
     return threads, locals_entry
 

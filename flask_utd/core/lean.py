@@ -25,6 +25,7 @@ from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
+from .errors import SocketDirError
 from .report import Report
 
 
@@ -107,11 +108,17 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         help="show the locals of the innermost frames (the app must set UTD_LOCALS)",
     )
     dump.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="show the stacks of flask-utd's own threads too (the text shows"
+        " one line for each by default)",
+    )
+    dump.add_argument(
         "--slow-after",
         metavar="SECONDS",
         type=_slow_after,
         default=DEFAULTS["UTD_SLOW_REQUEST"],
-        help="list requests older than this many seconds first, as stuck"
+        help="mark requests older than this many seconds as stuck"
         " (default: %(default)g)",
     )
     merge = commands.add_parser(
@@ -159,6 +166,7 @@ def collect_one(
     Shared by this command and ``flask utd dump``.
 
     :raises InstanceNotFound: no instance, several, or no process ``pid``.
+    :raises SocketDirError: this user may not read the socket directory.
     """
     socket_dir, found = find_instance(socket_dirs, instance)
     report = collect(
@@ -188,12 +196,15 @@ def dump(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    all_threads: bool = False,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
-    :returns: 0 when every process answered, 2 on a usage error (said on
-        stderr), 3 when some process did not answer.
+    :param all_threads: show flask-utd's own threads in full.
+    :returns: 0 when every process answered, 2 on a usage error or a socket
+        directory this user may not read (said on stderr), 3 when some process
+        did not answer.
     """
     try:
         report = collect_one(
@@ -204,10 +215,10 @@ def dump(
             show_locals=show_locals,
             slow_after=slow_after,
         )
-    except InstanceNotFound as err:
+    except (InstanceNotFound, SocketDirError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(formats.render(report, format))
+    sys.stdout.write(formats.render(report, format, all_threads=all_threads))
     sys.stdout.flush()
     return exit_code(report)
 
@@ -267,5 +278,6 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             timeout=options.timeout,
             show_locals=options.show_locals,
             slow_after=options.slow_after,
+            all_threads=options.all_threads,
         )
     )

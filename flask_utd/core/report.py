@@ -85,6 +85,10 @@ class Thread(_ThreadRequired, total=False):
     os_state: str | None
     wchan: str | None
     lock_owner: int | None
+    #: The C function the innermost frame is calling, when the agent can name
+    #: it (``"sqlite3.Connection.execute"``); ``wait`` is then ``"in-call"``
+    #: unless the line named the wait already.
+    call: str | None
     frames_truncated: int
     #: With samples (``--samples``): whether the stack moved between them.
     moved: bool | None

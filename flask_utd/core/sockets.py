@@ -201,13 +201,55 @@ class Entry(NamedTuple):
     kind: str
 
 
+def _user(uid: int) -> tuple[str, str]:
+    """A user's name (or ``uid N``), and how a message names them."""
+    import pwd  # only for this message
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}", f"uid {uid}"
+    return name, f"{name} (uid {uid})"
+
+
+def unreadable(path: str) -> SocketDirError:
+    """The error for a socket directory this user may not read: which directory
+    stops it (``path`` or one on the way), whose it is, and what to do."""
+    path = os.path.abspath(path)
+    here = path
+    while True:
+        try:
+            st = os.stat(here)
+            break
+        except PermissionError:
+            here = os.path.dirname(here)
+    which = "it" if here == path else f"{here}, on the way to it,"
+    name, owner = _user(st.st_uid)
+    if st.st_uid == 0:
+        what = "run this command as root (with sudo)"
+    else:
+        sudo = name if name != f"uid {st.st_uid}" else f"'#{st.st_uid}'"
+        what = f"run this command as {name} or as root (sudo -u {sudo} ...)"
+    return SocketDirError(
+        f"cannot read the socket directory {path}: {which} belongs to {owner},"
+        f" mode {stat.S_IMODE(st.st_mode):o}, and this command runs as"
+        f" {_user(os.geteuid())[1]}. The agents answer only the server's user and"
+        f" root: {what}."
+    )
+
+
 def list_entries(directory: str) -> list[Entry]:
-    """The agent sockets and unsafe notes in one instance directory."""
+    """The agent sockets and unsafe notes in one instance directory.
+
+    :raises SocketDirError: this user may not read it (:func:`unreadable`).
+    """
     entries = []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
+    except PermissionError:
+        raise unreadable(directory) from None
     for name in names:
         base, ext = os.path.splitext(name)
         if not base.isdigit():
@@ -265,11 +307,15 @@ def list_instances(socket_dir: str) -> list[str]:
     The directory of an instance whose master is gone is cleaned up on the way: its
     stale sockets and notes are removed, then the directory if it is empty (a uWSGI
     master runs no ``atexit`` handler, so nothing else removes it).
+
+    :raises SocketDirError: this user may not read it (:func:`unreadable`).
     """
     try:
         names = sorted(os.listdir(socket_dir))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError:
+        raise unreadable(socket_dir) from None
     live = []
     for name in names:
         if not name.isdigit():
@@ -282,7 +328,11 @@ def list_instances(socket_dir: str) -> list[str]:
 
 
 def _prune(directory: str) -> None:
-    for entry in list_entries(directory):
+    try:
+        entries = list_entries(directory)
+    except SocketDirError:
+        return  # another user's: not ours to clean
+    for entry in entries:
         if entry.kind == "socket":
             remove_if_stale(entry.path)
         elif not pid_alive(entry.pid):

@@ -64,7 +64,7 @@ def process_key(process: Mapping[str, Any]) -> tuple[Any, Any, int]:
     return (process.get("host"), process.get("instance"), process["pid"])
 
 
-def _origin(process: Mapping[str, Any]) -> dict[str, Any]:
+def origin_of(process: Mapping[str, Any]) -> dict[str, Any]:
     """``host`` and ``instance`` of a process of a merged report, else nothing."""
     if "host" not in process:
         return {}
@@ -91,7 +91,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     stuck: list[dict[str, Any]] = []
     groups: dict[tuple[tuple[Any, ...], ...], dict[str, Any]] = {}
     for process in processes:
-        origin = _origin(process)
+        origin = origin_of(process)
         for thread in process.get("threads") or ():
             if thread.get("own") or thread.get("is_agent"):
                 continue
@@ -114,6 +114,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                         "started_at": request.get("started_at"),
                         "elapsed_s": request.get("elapsed_s"),
                         "wait": thread.get("wait"),
+                        "call": thread.get("call"),
                         "app_frame": app_frame(frames),
                     }
                 )
@@ -124,6 +125,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "count": 0,
                     "processes": 0,
                     "wait": thread.get("wait"),
+                    "call": thread.get("call"),
                     "frames": frames,
                     "app_frame": app_frame(frames),
                     "threads": [],

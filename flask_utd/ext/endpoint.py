@@ -56,6 +56,53 @@ def _error(status: int, message: str, **headers: str) -> Response:
     return response
 
 
+#: What a browser is told about a refused link, by the reason the token was
+#: refused: a title and what happened.
+_REFUSED = {
+    "expired token": (
+        "This link has expired",
+        "A link to the thread dump is valid for {lifetime} (UTD_URL_MAX_AGE), so"
+        " that a link that leaks soon shows nothing.",
+    ),
+    "missing token": (
+        "This address needs a signed link",
+        "It shows the thread dump of every process of the server, to whoever"
+        " holds a link signed with the server's key, for a few minutes.",
+    ),
+}
+_INVALID = (
+    "This link is not valid",
+    "It was cut short or changed on the way (a chat or a mail client may do"
+    " that), or it was signed with another key than this server's"
+    " (UTD_SECRET_KEY, else SECRET_KEY).",
+)
+
+
+def _lifetime(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} seconds"
+
+
+def _refused(reason: str, max_age: float) -> Response:
+    """403 for a browser: a small page that says what happened to the link and
+    how to get a new one (scripts get the JSON error)."""
+    from flask import render_template
+
+    title, what = _REFUSED.get(reason, _INVALID)
+    lifetime = _lifetime(max_age)
+    page = render_template(
+        "utd/denied.html",
+        title=title,
+        what=what.format(lifetime=lifetime),
+        lifetime=lifetime,
+        reason=reason,
+    )
+    response = Response(page, status=403, mimetype="text/html")
+    _no_leaks(response)
+    return response
+
+
 def _choose_format() -> Format | None:
     """The format asked for, from :data:`~flask_utd.core.formats.FORMATS`:
     ``?format=``, else the Accept header; ``None`` for an unknown ``?format=``.
@@ -79,8 +126,10 @@ def dump() -> Response:
     """The thread dump of every process of this server instance.
 
     Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
-    403 with a JSON error when it is missing, malformed, tampered with or
-    expired, and then nothing is collected.
+    403 when it is missing, malformed, tampered with or expired, and then
+    nothing is collected: a small HTML page that says so and how to get a new
+    link for a browser (which asks for the HTML format), a JSON error for
+    everyone else.
     """
     from ..core import collector
     from ..core.formats import FORMATS
@@ -95,6 +144,9 @@ def dump() -> Response:
             raise BadToken("malformed token")
         check_token(settings.secret_key, token, settings.url_max_age)
     except BadToken as err:
+        chosen = _choose_format()
+        if chosen is not None and chosen.media_type == "text/html":
+            return _refused(str(err), settings.url_max_age)
         return _error(403, str(err))
     fmt = _choose_format()
     if fmt is None:
@@ -124,14 +176,21 @@ def dump() -> Response:
 
 
 def _represent(report: Report, fmt: Format) -> Response:
-    response = Response(fmt.render(report, compact=True), mimetype=fmt.media_type)
+    response = Response(
+        fmt.render(report, compact=True, all_threads=False), mimetype=fmt.media_type
+    )
+    _no_leaks(response, csp=fmt.media_type == "text/html")
+    return response
+
+
+def _no_leaks(response: Response, *, csp: bool = True) -> None:
+    """The URL carries the token: keep it out of caches and Referer headers; an
+    HTML page loads nothing and runs no script."""
     response.vary.add("Accept")
-    # The URL carries the token: keep it out of caches and Referer headers.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
-    if fmt.media_type == "text/html":
+    if csp:
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
             " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
-    return response
