@@ -6,9 +6,11 @@ The fixtures are in ``conftest.py``; test modules import from here, never from
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -180,14 +182,39 @@ class Gunicorns(_Launcher):
     """Starts gunicorn servers for one test and stops them all at its end."""
 
     def start(
-        self, options: list[str], env: dict[str, str] | None = None
+        self,
+        options: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        hooks: bool = True,
     ) -> GunicornServer:
+        """Start gunicorn with ``options``, with flask-utd's hooks (``hooks``:
+        the ``gunicorn.conf.py`` of the tests) or without."""
         # The hooks read the socket directory from the environment, the app from
         # its config.
         env = {"UTD_SOCKET_DIR": self.socket_dir, **(env or {})}
-        return self.launch(
-            GunicornServer, GUNICORN, ["-c", GUNICORN_CONF, *options], env
-        )
+        conf = ["-c", GUNICORN_CONF] if hooks else []
+        return self.launch(GunicornServer, GUNICORN, [*conf, *options], env)
+
+
+def unix_get(
+    path: str, url: str, timeout: float = 10, **headers: str
+) -> tuple[int, bytes]:
+    """``GET url`` over the Unix socket ``path``: the status and the body."""
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+
+    conn = UnixConnection("localhost", timeout=timeout)
+    try:
+        conn.request("GET", url, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def report_of(server: UwsgiServer, socket_dir: str, **kwargs: Any) -> Report:

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd import utd_bp
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Report
 from flask_utd.core.report import Request
@@ -454,3 +455,24 @@ def test_the_token_never_shows_in_a_dump_even_with_query_capture(
     body = app.test_client().get(dump_url(token, format="json")).get_data(as_text=True)
     assert "/_utd/dump" in body  # this request's thread, with its path
     assert token not in body
+
+
+def test_admin_listen_that_no_master_can_serve_is_one_warning(
+    socket_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside uWSGI and gunicorn (here the test client, as under `flask run`)
+    there is no master to run the admin listener: the first request says so,
+    once; setting the app up (as `flask utd url` does) says nothing."""
+    app = Flask("run")
+    app.config.update(
+        SECRET_KEY=SECRET, UTD_SOCKET_DIR=socket_dir, UTD_ADMIN_LISTEN="127.0.0.1:0"
+    )
+    with caplog.at_level("WARNING", logger="flask_utd"):
+        app.register_blueprint(utd_bp)
+        assert caplog.messages == []
+        client = app.test_client()
+        client.get("/")
+        client.get("/")
+    (message,) = caplog.messages
+    assert message.startswith("flask-utd: UTD_ADMIN_LISTEN is set but pid")
+    assert "no master process to run the admin listener" in message

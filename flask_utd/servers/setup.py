@@ -31,6 +31,11 @@ log = logging.getLogger("flask_utd")
 # The settings of every app set up in this process (inherited by forked children,
 # which is how a gunicorn worker forked from a --preload arbiter knows them).
 _loaded_settings: list[Settings] = []
+# The settings whose admin listener this process serves; a gunicorn worker,
+# forked from the arbiter, compares its app's with them.
+_served: list[Settings] = []
+# The pid that said the admin listener cannot run there, so that it says so once.
+_admin_warned: list[int] = []
 
 _MASTER_UNSAFE = (
     "the uWSGI master runs no agent: uWSGI runs without `py-call-uwsgi-fork-hooks`,"
@@ -103,6 +108,22 @@ def _start_in_worker(settings: Settings, unsafe: str | None) -> None:
     start_for_place(settings, current_place(), unsafe)
 
 
+def start_at_first_request(settings: Settings) -> None:
+    """Start the agent of a process that no server integration started it in, at
+    the first request it serves (the first moment known to be in a serving
+    process, after any fork); say once if its ``UTD_ADMIN_LISTEN`` cannot run."""
+    start_for_place(settings, current_place())
+    if settings.admin_listen is not None and os.getpid() not in _admin_warned:
+        _admin_warned.append(os.getpid())
+        log.warning(
+            "flask-utd: UTD_ADMIN_LISTEN is set but pid %d serves the app outside"
+            " uWSGI and gunicorn, with no master process to run the admin listener:"
+            " none runs (the app's own /_utd/dump still answers). It runs in a uWSGI"
+            " master, or in gunicorn's arbiter with flask-utd's hooks.",
+            os.getpid(),
+        )
+
+
 def setup_process(settings: Settings) -> bool:
     """Start the agent where the app is loaded, if this is a uWSGI process or a
     process that the gunicorn hooks placed.
@@ -137,13 +158,67 @@ def setup_process(settings: Settings) -> bool:
     return True
 
 
+def served_here(settings: Settings) -> None:
+    """Record that this process serves the admin listener of ``settings``."""
+    _served.append(settings)
+
+
+def _check_gunicorn_worker(settings: Settings, place: Place) -> None:
+    """In a gunicorn worker the hooks placed, as it sets its app up: warn when the
+    app's ``UTD_ADMIN_LISTEN`` or signing key is not the arbiter's, whose admin
+    listener serves the dump URL. Only worker 1 says so: one line per server."""
+    if place.worker_id != 1:
+        return
+    if settings.admin_listen is not None and not any(
+        served.admin_listen == settings.admin_listen for served in _served
+    ):
+        log.warning(
+            "flask-utd: UTD_ADMIN_LISTEN=%s is set in the app's config, but"
+            " gunicorn's arbiter, which serves the admin listener, does not load the"
+            " app (no --preload) and reads UTD_ADMIN_LISTEN from its environment"
+            " only: no admin listener runs there. Set UTD_ADMIN_LISTEN and"
+            " UTD_SECRET_KEY in gunicorn's environment instead (docs/gunicorn.rst),"
+            " or run gunicorn with --preload.",
+            written_address(settings.admin_listen),
+        )
+        return
+    for served in _served:
+        if served.secret_key != settings.secret_key:
+            log.warning(
+                "flask-utd: the app signs dump URLs with another key than gunicorn's"
+                " arbiter, whose admin listener (%s) checks them: its links get 403"
+                " there. Set UTD_SECRET_KEY in gunicorn's environment, not in the"
+                " app's config, so that both read the same key (docs/gunicorn.rst).",
+                written_address(served.admin_listen),
+            )
+            return
+
+
+def written_address(where: tuple[str, int] | str | None) -> str:
+    """An address as ``UTD_ADMIN_LISTEN`` writes it."""
+    if where is None:
+        return "None"
+    if isinstance(where, tuple):
+        host = f"[{where[0]}]" if ":" in where[0] else where[0]
+        return f"{host}:{where[1]}"
+    return f"unix:{where}"
+
+
 def setup_admin(app: Flask, settings: Settings) -> None:
     """Start the admin listener (``UTD_ADMIN_LISTEN``) if this is a uWSGI master
-    that may run threads; otherwise say why not, and go on serving."""
+    that may run threads; otherwise say why not, and go on serving.
+
+    Under gunicorn the arbiter serves it (:mod:`flask_utd.gunicorn`); a worker
+    warns when its app's setting would not take effect there. Elsewhere the
+    warning comes at the first request (:func:`start_at_first_request`): a
+    process that never serves one, such as ``flask utd url``, stays quiet.
+    """
+    given = given_place()
+    if given is not None and given.role == "worker":
+        _check_gunicorn_worker(settings, given)
+        return
     where = settings.admin_listen
     if where is None or uwsgi_server.uwsgi_module() is None:
-        # Outside uWSGI (flask run, gunicorn, the flask CLI) there is no master
-        # to serve it; docs/endpoint.rst says so.
         return
     place = current_place()
     if place.role != "master":
