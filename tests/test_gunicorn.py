@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from demo_app.server import children
 from flask_utd.core import fallback as faultdump
 from flask_utd.core import sockets
 from flask_utd.core.collector import collect
+from flask_utd.core.errors import EXIT_PARTIAL
 from flask_utd.core.report import Report
 from tests.helpers import Gunicorns
+from tests.helpers import lean_dump
 from tests.helpers import unix_get
 from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
@@ -280,3 +283,50 @@ def test_a_setting_the_arbiter_cannot_honour_is_one_warning(
         == 1
     ), server.log()
     assert "docs/gunicorn.rst" in server.log()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["lazy", "preload"])
+def test_without_the_hooks_the_workers_are_one_instance(
+    gunicorns: Gunicorns, socket_dir: str, preload: bool
+) -> None:
+    """Only `app.register_blueprint(utd_bp)`, no gunicorn.conf.py: each worker
+    knows its arbiter, so `dump` gives one report of all of them, and the
+    arbiter's place in it says what the hooks would add."""
+    options = ["-w", "3", "--timeout", "60", "tests.apps.plain:app"]
+    server = gunicorns.start(options + (["--preload"] if preload else []), hooks=False)
+    master = server.pid
+
+    def workers_with_agents() -> bool:
+        if preload:
+            # Each worker starts its agent at its first request: keep three
+            # requests in flight until every worker has served one.
+            threads = [
+                threading.Thread(target=get, args=(server.url("/pid?sleep=0.3"),))
+                for _ in range(3)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        files = files_by_kind(socket_dir, master)
+        return files.get(sockets.SOCKET_SUFFIX) == children(master)
+
+    wait_for(workers_with_agents, timeout=30)
+    done = lean_dump(socket_dir, "--format", "json")
+    assert done.returncode == EXIT_PARTIAL, done.stderr  # the arbiter: unsafe
+    report = json.loads(done.stdout)
+    assert report["instance"] == str(master)
+    arbiter, *workers = report["processes"]
+    assert (arbiter["pid"], arbiter["role"], arbiter["status"]) == (
+        master,
+        "master",
+        "unsafe",
+    )
+    for what in ("hooks", "stack of the arbiter", "worker ids", "admin listener"):
+        assert what in arbiter["error"], arbiter["error"]
+    assert {p["pid"] for p in workers} == children(master)
+    assert all(p["role"] == "worker" and p["status"] == "ok" for p in workers)
+    text = lean_dump(socket_dir, "--format", "text").stdout
+    assert "gunicorn runs without flask-utd's hooks" in text
+    # Said once in the server's log, by the first worker.
+    assert server.log().count("gunicorn runs without flask-utd's hooks") == 1

@@ -22,6 +22,7 @@ from . import uwsgi as uwsgi_server
 from .place import Place
 from .place import current_place
 from .place import given_place
+from .place import gunicorn_worker_without_hooks
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -49,6 +50,15 @@ _ADMIN_NEEDS_HOOKS = (
     " runs without `py-call-uwsgi-fork-hooks`, and a worker forked while a master"
     " thread holds the GIL deadlocks (uWSGI issue 2387). Add"
     " `py-call-uwsgi-fork-hooks = true` to the [uwsgi] section of uwsgi.ini."
+)
+
+
+_GUNICORN_WITHOUT_HOOKS = (
+    "gunicorn runs without flask-utd's hooks, so its arbiter runs no agent: a dump"
+    " has no stack of the arbiter, no worker ids, and no admin listener"
+    " (UTD_ADMIN_LISTEN). Import the hooks in gunicorn.conf.py: `from"
+    " flask_utd.gunicorn import child_exit, on_exit, post_fork, pre_fork,"
+    " when_ready` (docs/gunicorn.rst)."
 )
 
 
@@ -108,10 +118,38 @@ def _start_in_worker(settings: Settings, unsafe: str | None) -> None:
     start_for_place(settings, current_place(), unsafe)
 
 
+def _start_in_gunicorn_worker_without_hooks(settings: Settings, place: Place) -> None:
+    """Start the agent of a gunicorn worker that the hooks did not place, in its
+    arbiter's instance, and leave the note that stands for the arbiter in the
+    report: the first worker to write it says once in the log what is missing."""
+    start_for_place(settings, place)
+    from ..agent import lifecycle
+
+    try:
+        written = lifecycle.leave_unsafe_note(
+            settings.socket_dir,
+            place.instance,
+            pid=int(place.instance),
+            role="master",
+            worker_id=None,
+            message=_GUNICORN_WITHOUT_HOOKS,
+            keep=True,
+        )
+    except OSError:
+        log.exception("flask-utd: the note for gunicorn's arbiter could not be left")
+        return
+    if written:
+        log.warning("flask-utd: %s", _GUNICORN_WITHOUT_HOOKS)
+
+
 def start_at_first_request(settings: Settings) -> None:
     """Start the agent of a process that no server integration started it in, at
     the first request it serves (the first moment known to be in a serving
     process, after any fork); say once if its ``UTD_ADMIN_LISTEN`` cannot run."""
+    hookless = gunicorn_worker_without_hooks()
+    if hookless is not None:
+        _start_in_gunicorn_worker_without_hooks(settings, hookless)
+        return
     start_for_place(settings, current_place())
     if settings.admin_listen is not None and os.getpid() not in _admin_warned:
         _admin_warned.append(os.getpid())
@@ -139,7 +177,12 @@ def setup_process(settings: Settings) -> bool:
         start_for_place(settings, given)
         return True
     if uwsgi_server.uwsgi_module() is None:
-        return False
+        hookless = gunicorn_worker_without_hooks()
+        if hookless is None:
+            return False
+        # The worker loads the app (no --preload): start its agent now.
+        _start_in_gunicorn_worker_without_hooks(settings, hookless)
+        return True
     place = current_place()
     if (
         sys.version_info >= (3, 13)
