@@ -114,6 +114,28 @@ def test_a_good_token_collects(client: FlaskClient, listening: Listening) -> Non
     assert statuses[900009] == "timeout"
 
 
+def test_a_token_in_an_authorization_header(client: FlaskClient) -> None:
+    """Scripts send the token as a Bearer token, out of every access log."""
+    token = make_token(SECRET, 60)
+    bearer = {"Authorization": f"Bearer {token}"}
+    response = client.get("/_utd/dump?format=json", headers=bearer)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["schema"] == "flask-utd/1"
+    # The same rules as in the URL.
+    for bad, reason in (
+        ({"Authorization": "Bearer nope"}, "invalid token"),
+        ({"Authorization": f"Bearer {'a' * 600}"}, "malformed token"),
+        ({"Authorization": f"Basic {token}"}, "missing token"),
+        ({"Authorization": "Bearer"}, "missing token"),
+    ):
+        response = client.get("/_utd/dump", headers=bad)
+        assert response.status_code == 403, bad
+        assert response.get_json() == {"error": reason}, bad
+    # A token in the URL is the one checked, whatever the header says.
+    response = client.get(dump_url("nope"), headers=bearer)
+    assert response.status_code == 403
+
+
 def test_utd_secret_key_signs_instead_of_secret_key(
     app: Flask, socket_dir: str
 ) -> None:

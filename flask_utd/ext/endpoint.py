@@ -78,8 +78,9 @@ def _choose_format() -> Format | None:
 def dump() -> Response:
     """The thread dump of every process of this server instance.
 
-    Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
-    403 with a JSON error when it is missing, malformed, tampered with or
+    Authorized by a signed token (see :func:`flask utd url`) in ``?token=``, or
+    in an ``Authorization: Bearer <token>`` header, which stays out of access
+    logs; 403 with a JSON error when it is missing, malformed, tampered with or
     expired, and then nothing is collected.
     """
     from ..core import collector
@@ -90,6 +91,10 @@ def dump() -> Response:
 
     settings = current_app.extensions["utd"].settings
     token = request.args.get("token")
+    if token is None:
+        authorization = request.authorization
+        if authorization is not None and authorization.type == "bearer":
+            token = authorization.token
     try:
         if token is not None and len(token) > MAX_TOKEN_CHARS:
             raise BadToken("malformed token")
