@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -172,6 +173,71 @@ class Servers(_Launcher):
         return self.launch(
             UwsgiServer, binary, options, {"DEMO_HELLO_SECONDS": "60", **(env or {})}
         )
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: only its parent can reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return True
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X")
+
+
+class DaemonizedUwsgi(UwsgiServer):
+    """uWSGI with ``--daemonize2``: the process started loads the app, forks to
+    daemonize and exits; the master goes on in a grandchild, whose pid uWSGI
+    writes to a pidfile. Its log goes on in the same file."""
+
+    def __init__(
+        self,
+        uwsgi: str,
+        options: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.pidfile = log_path.with_suffix(".pid")
+        daemon = ["--daemonize2", str(log_path), "--pidfile", str(self.pidfile)]
+        super().__init__(uwsgi, [*options, *daemon], log_path, env)
+        self.master: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The master's pid, from its pidfile."""
+        assert self.master is not None
+        return self.master
+
+    def start(self, timeout: float = 30.0) -> DaemonizedUwsgi:
+        super().start(timeout)
+        assert self.proc is not None
+        # The process that loaded the app exits once it has daemonized.
+        loader = self.proc.pid
+        self.proc.wait(timeout)
+
+        def master() -> int:
+            # uWSGI writes the pidfile at start-up (the loader's pid), then
+            # again in the daemonized master.
+            text = self.pidfile.read_text().strip() if self.pidfile.exists() else ""
+            pid = int(text) if text.isdigit() else 0
+            return pid if pid != loader else 0
+
+        self.master = wait_for(master, timeout=timeout)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to the master by its pid; SIGKILL to its process group (the
+        workers are in it) at the deadline."""
+        super().stop(timeout)  # the process that loaded the app, if still there
+        if self.master is None or process_gone(self.master):
+            return
+        group = os.getpgid(self.master)
+        os.kill(self.master, signal.SIGTERM)
+        try:
+            wait_for(lambda: process_gone(self.master or 0), timeout=timeout)
+        except AssertionError:
+            os.killpg(group, signal.SIGKILL)
+            wait_for(lambda: process_gone(self.master or 0), timeout=timeout)
 
 
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")

@@ -3,6 +3,7 @@ the socket directory holds exactly one socket per live process."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -12,11 +13,17 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import children
+from flask_utd.core import sockets
 from flask_utd.core.report import Report
 from flask_utd.core.report import Status
+from tests.helpers import DEMO_SECRET
+from tests.helpers import SUPPORTED
+from tests.helpers import DaemonizedUwsgi
 from tests.helpers import Servers
 from tests.helpers import need_uwsgi
 from tests.helpers import report_of
+from tests.helpers import signed_path
+from tests.helpers import unix_get
 from tests.helpers import wait_for
 from tests.lifecycle import get
 from tests.lifecycle import layout
@@ -236,4 +243,78 @@ def test_fork_options(
         ("worker", 1): workers,
         ("worker", 2): workers,
     }
+    no_crash(server)
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+@pytest.mark.parametrize(
+    ("module", "master"),
+    [("tests.apps.plain:app", "ok"), ("demo_app.app:app", "unsafe")],
+    ids=["plain", "thread-at-import"],
+)
+def test_daemonize2_keeps_the_master_and_its_admin_listener(
+    servers: Servers, socket_dir: str, module: str, master: str, version: str
+) -> None:
+    """uWSGI loads the app, then forks to daemonize: the master goes on in the
+    child, under a new pid, without the threads of the process that loaded the
+    app. The master's agent and admin listener start there, and nothing is left
+    under the old pid. With a thread started at import (the demo app), that
+    thread is gone from the master and its state is left behind: the master
+    is listed, unsafe, and says why and what to do."""
+    path = os.path.join(socket_dir, "admin.sock")
+    options = ["--module", module, "--master", "--die-on-term", "--workers", "2"]
+    server = servers.launch(
+        DaemonizedUwsgi,
+        need_uwsgi(version),
+        [*options, HOOKS],
+        {"DEMO_SECRET_KEY": DEMO_SECRET, "DEMO_UTD_ADMIN_LISTEN": f"unix:{path}"},
+    )
+    assert server.proc is not None and server.pid != server.proc.pid
+    wait_for(
+        lambda: layout(
+            socket_dir,
+            server.pid,
+            count=2,
+            master_runs="agent" if master == "ok" else "unsafe-agent",
+        )
+    )
+    assert sockets.list_instances(socket_dir) == [str(server.pid)]
+    assert sorted(os.listdir(socket_dir)) == sorted([str(server.pid), "admin.sock"])
+    assert statuses(server, socket_dir) == {
+        ("master", None): master,
+        ("worker", 1): "ok",
+        ("worker", 2): "ok",
+    }
+    if master == "unsafe":
+        error = report_of(server, socket_dir)["processes"][0]["error"] or ""
+        assert "daemonize2" in error and "'demo-counter'" in error, error
+
+    wait_for(
+        lambda: f"admin listener of the uWSGI master (pid {server.pid})" in server.log()
+    )
+    status, body = unix_get(path, signed_path(format="json"))
+    assert status == 200, body
+    report = json.loads(body)
+    assert [p["pid"] for p in report["processes"]][0] == server.pid
+    no_crash(server)
+
+
+def test_daemonize2_without_fork_hooks_still_lists_the_master(
+    servers: Servers, socket_dir: str
+) -> None:
+    """Without py-call-uwsgi-fork-hooks no Python code runs in the daemonized
+    master: its workers leave its note, under its new pid."""
+    server = servers.launch(
+        DaemonizedUwsgi,
+        need_uwsgi(),
+        [*PLAIN, "--workers", "2"],
+        {"DEMO_SECRET_KEY": DEMO_SECRET},
+    )
+    wait_for(lambda: layout(socket_dir, server.pid, count=2, master_runs="note"))
+    assert sorted(os.listdir(socket_dir)) == [str(server.pid)]
+    (entry,) = [
+        p for p in report_of(server, socket_dir)["processes"] if p["role"] == "master"
+    ]
+    assert (entry["pid"], entry["status"]) == (server.pid, "unsafe")
+    assert "py-call-uwsgi-fork-hooks" in (entry["error"] or "")
     no_crash(server)

@@ -1,22 +1,27 @@
 """Where the agent and the admin listener start, whatever the server.
 
-The agent starts in the process that loads the app (the uWSGI master, or a worker
-under ``lazy-apps``), again in every worker after uWSGI forks it (``postfork``);
-under gunicorn, the hooks of :mod:`flask_utd.gunicorn` start it in the arbiter
-(``when_ready``) and in every worker (``post_fork``, or when the worker loads the
-app); under any other server, at the first request a process serves. It never
-starts in a process that serves no request, such as ``flask utd dump``.
-"""
+Under uWSGI the agent starts in every worker after uWSGI forks it (``postfork``),
+or where the app is loaded (a worker under ``lazy-apps``); in the master, which
+loads the app, it and the admin listener start once the master has forked its
+first process (under ``daemonize2`` the process that loaded the app is not the
+master that stays). Under gunicorn, the hooks of :mod:`flask_utd.gunicorn` start
+it in the arbiter (``when_ready``) and in every worker (``post_fork``, or when the
+worker loads the app); under any other server, at the first request a process
+serves. It never starts in a process that serves no request, such as ``flask utd
+dump``."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 from functools import partial
 from typing import TYPE_CHECKING
 
 from ..agent.frame_locals import LocalsRequest
+from ..agent.ghosts import ghost_message
+from ..agent.ghosts import ghost_threads
 from ..core.config import Settings
 from . import uwsgi as uwsgi_server
 from .place import Place
@@ -79,27 +84,13 @@ def locals_policy(settings: Settings) -> LocalsRequest | None:
 def start_for_place(
     settings: Settings, place: Place, unsafe: str | None = None
 ) -> None:
-    """Start the agent of this process, or leave a note saying why it cannot run."""
+    """Start the agent of this process."""
     try:
         # Imported here, not at the top: the agent needs RPyC (about 90 ms to
         # import), and a process that never starts one, such as ``flask utd
         # dump``, should not pay for it (docs/performance.md).
         from ..agent import lifecycle
 
-        if (
-            place.role == "master"
-            and uwsgi_server.uwsgi_module() is not None
-            and not uwsgi_server.fork_hooks_on()
-        ):
-            log.warning("flask-utd: %s", _MASTER_UNSAFE)
-            lifecycle.leave_unsafe_note(
-                settings.socket_dir,
-                place.instance,
-                role=place.role,
-                worker_id=place.worker_id,
-                message=_MASTER_UNSAFE,
-            )
-            return
         lifecycle.start_agent(
             settings.socket_dir,
             place.instance,
@@ -115,7 +106,61 @@ def start_for_place(
 
 
 def _start_in_worker(settings: Settings, unsafe: str | None) -> None:
+    place = current_place()
+    if not uwsgi_server.fork_hooks_on():
+        # The master runs no flask-utd code after loading the app (no Python
+        # hook runs there without the fork hooks), so its workers leave its note:
+        # under its pid as it is now, after any daemonizing fork. Before the
+        # agent starts: a report never has this worker without the master.
+        _leave_note(settings, place.instance, _MASTER_UNSAFE)
+    start_for_place(settings, place, unsafe)
+
+
+def _leave_note(settings: Settings, master: str, message: str) -> bool:
+    """Leave the note that stands for the master ``master`` in the report, unless
+    there is one; return whether this call left it."""
+    from ..agent import lifecycle
+
+    try:
+        return lifecycle.leave_unsafe_note(
+            settings.socket_dir,
+            master,
+            pid=int(master),
+            role="master",
+            worker_id=None,
+            message=message,
+            keep=True,
+        )
+    except OSError:
+        log.exception("flask-utd: the note for the master (pid %s) failed", master)
+        return False
+
+
+def _start_in_master(settings: Settings) -> None:
+    """In the uWSGI master, once it has forked its first process: start its
+    agent, unless the master holds thread states of threads it does not have
+    (a ``daemonize2`` fork), whose stacks cannot be read safely."""
+    ghosts = ghost_threads()
+    unsafe = None
+    if ghosts:
+        unsafe = (
+            _daemonized_with_threads(ghosts)
+            if uwsgi_server.daemonized_after_loading()
+            else ghost_message(ghosts)
+        )
+        log.warning("flask-utd: %s", unsafe)
     start_for_place(settings, current_place(), unsafe)
+
+
+def _daemonized_with_threads(ghosts: list[threading.Thread]) -> str:
+    names = ", ".join(sorted(repr(t.name) for t in ghosts))
+    return (
+        "uWSGI forked this master to daemonize it (`daemonize2`) after the app had"
+        f" started {len(ghosts)} thread(s) ({names}): they do not run in the master"
+        " any more, and reading its stacks could crash it, so it is not dumped. Use"
+        " `daemonize` instead of `daemonize2` (uWSGI then daemonizes before it loads"
+        " the app), or start those threads in each worker (a postfork hook)."
+    )
 
 
 def _start_in_gunicorn_worker_without_hooks(settings: Settings, place: Place) -> None:
@@ -123,22 +168,7 @@ def _start_in_gunicorn_worker_without_hooks(settings: Settings, place: Place) ->
     arbiter's instance, and leave the note that stands for the arbiter in the
     report: the first worker to write it says once in the log what is missing."""
     start_for_place(settings, place)
-    from ..agent import lifecycle
-
-    try:
-        written = lifecycle.leave_unsafe_note(
-            settings.socket_dir,
-            place.instance,
-            pid=int(place.instance),
-            role="master",
-            worker_id=None,
-            message=_GUNICORN_WITHOUT_HOOKS,
-            keep=True,
-        )
-    except OSError:
-        log.exception("flask-utd: the note for gunicorn's arbiter could not be left")
-        return
-    if written:
+    if _leave_note(settings, place.instance, _GUNICORN_WITHOUT_HOOKS):
         log.warning("flask-utd: %s", _GUNICORN_WITHOUT_HOOKS)
 
 
@@ -194,10 +224,17 @@ def setup_process(settings: Settings) -> bool:
             " worker right after the fork, with or without flask-utd; replace it with"
             " `py-call-uwsgi-fork-hooks = true` in uwsgi.ini."
         )
-    if place.role == "master" and first_time:
+    if place.role != "master":
+        start_for_place(settings, place)
+        return True
+    if first_time:
         # Workers forked from here start their own agent after the fork.
         uwsgi_server.on_postfork(partial(_start_in_worker, settings))
-    start_for_place(settings, place)
+        if uwsgi_server.fork_hooks_on():
+            # Not now: see on_master_fork (daemonize2).
+            uwsgi_server.on_master_fork(partial(_start_in_master, settings))
+        else:
+            log.warning("flask-utd: %s", _MASTER_UNSAFE)
     return True
 
 
@@ -275,6 +312,11 @@ def setup_admin(app: Flask, settings: Settings) -> None:
     if not uwsgi_server.fork_hooks_on():
         log.warning("flask-utd: %s", _ADMIN_NEEDS_HOOKS)
         return
+    # Like the master's agent, once the master has forked (daemonize2).
+    uwsgi_server.on_master_fork(partial(_start_admin_in_master, app, where))
+
+
+def _start_admin_in_master(app: Flask, where: tuple[str, int] | str) -> None:
     from . import admin
 
     try:
@@ -283,9 +325,9 @@ def setup_admin(app: Flask, settings: Settings) -> None:
         # Never take the server down: the app still serves, and so does its
         # own /_utd/dump.
         log.error(
-            "flask-utd: the admin listener cannot listen on UTD_ADMIN_LISTEN=%r"
+            "flask-utd: the admin listener cannot listen on UTD_ADMIN_LISTEN=%s"
             " (%s); choose a free address.",
-            app.config["UTD_ADMIN_LISTEN"],
+            written_address(where),
             err,
         )
         return
