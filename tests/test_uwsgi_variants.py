@@ -14,12 +14,14 @@ import pytest
 from demo_app.server import UwsgiServer
 from demo_app.server import children
 from flask_utd.core import sockets
+from flask_utd.core.errors import EXIT_USAGE
 from flask_utd.core.report import Report
 from flask_utd.core.report import Status
 from tests.helpers import DEMO_SECRET
 from tests.helpers import SUPPORTED
 from tests.helpers import DaemonizedUwsgi
 from tests.helpers import Servers
+from tests.helpers import lean_dump
 from tests.helpers import need_uwsgi
 from tests.helpers import report_of
 from tests.helpers import signed_path
@@ -318,3 +320,25 @@ def test_daemonize2_without_fork_hooks_still_lists_the_master(
     assert (entry["pid"], entry["status"]) == (server.pid, "unsafe")
     assert "py-call-uwsgi-fork-hooks" in (entry["error"] or "")
     no_crash(server)
+
+
+def test_what_the_master_leaves_at_sigterm_goes_at_the_next_start_or_dump(
+    servers: Servers, socket_dir: str
+) -> None:
+    """uWSGI's master runs no Python code when it exits (no atexit, no hook):
+    its socket and faulthandler file stay. The next server to start in the same
+    socket directory removes them, and so does a dump."""
+    first = start(servers, HOOKS)
+    wait_for(lambda: layout(socket_dir, first.pid, count=2))
+    first.stop()
+    left = sockets.instance_dir(socket_dir, str(first.pid))
+    assert sorted(os.listdir(left)) == [f"{first.pid}.fh", f"{first.pid}.sock"]
+
+    second = start(servers, HOOKS)
+    wait_for(lambda: layout(socket_dir, second.pid, count=2))
+    assert os.listdir(socket_dir) == [str(second.pid)]
+
+    second.stop()
+    done = lean_dump(socket_dir)
+    assert done.returncode == EXIT_USAGE and "no running server" in done.stderr
+    assert os.listdir(socket_dir) == []

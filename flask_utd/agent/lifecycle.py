@@ -156,6 +156,9 @@ def start_agent(
         if existing is not None:
             return existing
         sockets.ensure_private_dir(socket_dir)
+        # What instances that are gone left (a uWSGI master stopped by SIGTERM
+        # runs no Python code at exit): removed by the next server to start.
+        sockets.prune_gone_instances(socket_dir, keep=instance)
         directory = sockets.instance_dir(socket_dir, instance)
         sockets.ensure_private_dir(directory)
         sweep(directory)
