@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
+import time
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +345,63 @@ def test_what_the_master_leaves_at_sigterm_goes_at_the_next_start_or_dump(
     done = lean_dump(socket_dir)
     assert done.returncode == EXIT_USAGE and "no running server" in done.stderr
     assert os.listdir(socket_dir) == []
+
+
+@pytest.mark.parametrize("how", ["sighup", "chain-fifo", "chain-touch"])
+def test_after_a_reload_the_listener_and_every_agent_are_back(
+    servers: Servers, socket_dir: str, tmp_path: Path, how: str
+) -> None:
+    """A graceful reload (SIGHUP: the master execs itself, same pid) and a chain
+    reload (the master replaces its workers one by one, through its FIFO or a
+    touched file), with the admin listener on and idle clients connected to it:
+    it answers after, every process answers, and the socket directory holds
+    nothing stale."""
+    path = os.path.join(socket_dir, "admin.sock")
+    fifo = tmp_path / "fifo"
+    touched = tmp_path / "reload"
+    touched.touch()
+    options = ["--module", "demo_app.app:app", "--master", "--die-on-term"]
+    server = servers.start(
+        need_uwsgi(),
+        [*options, "--workers", "2", HOOKS, "--master-fifo", str(fifo)]
+        + ["--touch-chain-reload", str(touched)],
+        {"DEMO_SECRET_KEY": DEMO_SECRET, "DEMO_UTD_ADMIN_LISTEN": f"unix:{path}"},
+    )
+    bound = f"admin listener of the uWSGI master (pid {server.pid}) bound to"
+    wait_for(lambda: layout(socket_dir, server.pid, count=2) and bound in server.log())
+    first = children(server.pid)
+    # Clients that connected and said nothing yet (a monitoring probe, a port
+    # scan) are there during the reload and after it.
+    idle = []
+    for _ in range(5):
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        idle.append(client)
+    if how == "sighup":
+        os.kill(server.pid, signal.SIGHUP)
+    elif how == "chain-fifo":
+        fifo.write_text("c")
+    else:
+        later = time.time() + 10  # uWSGI compares whole seconds
+        os.utime(touched, (later, later))
+    wait_for(
+        lambda: (
+            not (children(server.pid) & first)
+            and layout(socket_dir, server.pid, count=2)
+        ),
+        timeout=60,
+    )
+    # A graceful reload starts a new listener; a chain reload keeps the master's.
+    assert server.log().count(bound) == (2 if how == "sighup" else 1)
+    report = complete(server, socket_dir)
+    status, body = unix_get(path, signed_path(format="json"))
+    assert status == 200, body
+    served = json.loads(body)
+    assert [p["status"] for p in served["processes"]] == ["ok"] * 3
+    assert {p["pid"] for p in served["processes"]} == {
+        p["pid"] for p in report["processes"]
+    }
+    assert sorted(os.listdir(socket_dir)) == sorted([str(server.pid), "admin.sock"])
+    for client in idle:
+        client.close()
+    no_crash(server)
