@@ -286,13 +286,15 @@ def test_a_setting_the_arbiter_cannot_honour_is_one_warning(
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["lazy", "preload"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_without_the_hooks_the_workers_are_one_instance(
-    gunicorns: Gunicorns, socket_dir: str, preload: bool
+    gunicorns: Gunicorns, socket_dir: str, preload: bool, worker_class: str
 ) -> None:
     """Only `app.register_blueprint(utd_bp)`, no gunicorn.conf.py: each worker
     knows its arbiter, so `dump` gives one report of all of them, and the
     arbiter's place in it says what the hooks would add."""
-    options = ["-w", "3", "--timeout", "60", "tests.apps.plain:app"]
+    options = ["-w", "3", "-k", worker_class, "--timeout", "60"]
+    options.append("tests.apps.plain:app")
     server = gunicorns.start(options + (["--preload"] if preload else []), hooks=False)
     master = server.pid
 

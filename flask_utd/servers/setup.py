@@ -23,6 +23,8 @@ from ..agent.frame_locals import LocalsRequest
 from ..agent.ghosts import ghost_message
 from ..agent.ghosts import ghost_threads
 from ..core.config import Settings
+from ..core.config import parse_listen
+from ..core.errors import ConfigError
 from . import uwsgi as uwsgi_server
 from .place import Place
 from .place import current_place
@@ -249,8 +251,10 @@ def _check_gunicorn_worker(settings: Settings, place: Place) -> None:
     listener serves the dump URL. Only worker 1 says so: one line per server."""
     if place.worker_id != 1:
         return
-    if settings.admin_listen is not None and not any(
-        served.admin_listen == settings.admin_listen for served in _served
+    if (
+        settings.admin_listen is not None
+        and not any(served.admin_listen == settings.admin_listen for served in _served)
+        and not _from_environment(settings.admin_listen)
     ):
         log.warning(
             "flask-utd: UTD_ADMIN_LISTEN=%s is set in the app's config, but"
@@ -272,6 +276,15 @@ def _check_gunicorn_worker(settings: Settings, place: Place) -> None:
                 written_address(served.admin_listen),
             )
             return
+
+
+def _from_environment(where: tuple[str, int] | str) -> bool:
+    """Whether ``UTD_ADMIN_LISTEN`` in the environment says ``where`` (the arbiter
+    then tried it, and logged why it could not)."""
+    try:
+        return parse_listen(os.environ.get("UTD_ADMIN_LISTEN") or None) == where
+    except ConfigError:
+        return False
 
 
 def written_address(where: tuple[str, int] | str | None) -> str:
