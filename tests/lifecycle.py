@@ -37,16 +37,18 @@ def layout(
     faulthandler file per safe process, and nothing else but an unsafe note for
     a master that runs no agent.
 
-    :param master_runs: ``"agent"``, ``"note"`` (an unsafe note) or ``"nothing"``
-        (``lazy-apps``: the master never loads the app).
+    :param master_runs: ``"agent"``, ``"unsafe-agent"`` (an agent that reports
+        ``unsafe``, with no faulthandler file), ``"note"`` (an unsafe note) or
+        ``"nothing"`` (``lazy-apps``: the master never loads the app).
     """
     live = children(master)
     if len(live) != count:
         return False
-    agents = live | ({master} if master_runs == "agent" else set())
+    runs_agent = master_runs in ("agent", "unsafe-agent")
+    agents = live | ({master} if runs_agent else set())
     expected = {".sock": agents}
     if faulthandler:
-        expected[".fh"] = live if master_runs == "note" else agents
+        expected[".fh"] = agents if master_runs == "agent" else live
     if master_runs == "note":
         expected[".unsafe"] = {master}
     return files_by_kind(socket_dir, master) == expected

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd import utd_bp
 from flask_utd.core.formats import FORMATS
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Report
@@ -132,6 +133,28 @@ def test_a_good_token_collects(client: FlaskClient, listening: Listening) -> Non
     report = response.get_json()
     statuses = {p["pid"]: p["status"] for p in report["processes"]}
     assert statuses[900009] == "timeout"
+
+
+def test_a_token_in_an_authorization_header(client: FlaskClient) -> None:
+    """Scripts send the token as a Bearer token, out of every access log."""
+    token = make_token(SECRET, 60)
+    bearer = {"Authorization": f"Bearer {token}"}
+    response = client.get("/_utd/dump?format=json", headers=bearer)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["schema"] == "flask-utd/1"
+    # The same rules as in the URL.
+    for bad, reason in (
+        ({"Authorization": "Bearer nope"}, "invalid token"),
+        ({"Authorization": f"Bearer {'a' * 600}"}, "malformed token"),
+        ({"Authorization": f"Basic {token}"}, "missing token"),
+        ({"Authorization": "Bearer"}, "missing token"),
+    ):
+        response = client.get("/_utd/dump", headers=bad)
+        assert response.status_code == 403, bad
+        assert response.get_json() == {"error": reason}, bad
+    # A token in the URL is the one checked, whatever the header says.
+    response = client.get(dump_url("nope"), headers=bearer)
+    assert response.status_code == 403
 
 
 def test_utd_secret_key_signs_instead_of_secret_key(
@@ -532,3 +555,24 @@ def test_the_token_never_shows_in_a_dump_even_with_query_capture(
     body = app.test_client().get(dump_url(token, format="json")).get_data(as_text=True)
     assert "/_utd/dump" in body  # this request's thread, with its path
     assert token not in body
+
+
+def test_admin_listen_that_no_master_can_serve_is_one_warning(
+    socket_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside uWSGI and gunicorn (here the test client, as under `flask run`)
+    there is no master to run the admin listener: the first request says so,
+    once; setting the app up (as `flask utd url` does) says nothing."""
+    app = Flask("run")
+    app.config.update(
+        SECRET_KEY=SECRET, UTD_SOCKET_DIR=socket_dir, UTD_ADMIN_LISTEN="127.0.0.1:0"
+    )
+    with caplog.at_level("WARNING", logger="flask_utd"):
+        app.register_blueprint(utd_bp)
+        assert caplog.messages == []
+        client = app.test_client()
+        client.get("/")
+        client.get("/")
+    (message,) = caplog.messages
+    assert message.startswith("flask-utd: UTD_ADMIN_LISTEN is set but pid")
+    assert "no master process to run the admin listener" in message

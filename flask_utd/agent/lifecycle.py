@@ -156,6 +156,9 @@ def start_agent(
         if existing is not None:
             return existing
         sockets.ensure_private_dir(socket_dir)
+        # What instances that are gone left (a uWSGI master stopped by SIGTERM
+        # runs no Python code at exit): removed by the next server to start.
+        sockets.prune_gone_instances(socket_dir, keep=instance)
         directory = sockets.instance_dir(socket_dir, instance)
         sockets.ensure_private_dir(directory)
         sweep(directory)
@@ -214,16 +217,49 @@ def stop_agents() -> None:
 
 
 def leave_unsafe_note(
-    socket_dir: str, instance: str, *, role: str, worker_id: int | None, message: str
-) -> None:
-    """Record that this process runs no agent, and why, for the collector to report."""
+    socket_dir: str,
+    instance: str,
+    *,
+    role: str,
+    worker_id: int | None,
+    message: str,
+    pid: int | None = None,
+    keep: bool = False,
+) -> bool:
+    """Record that a process runs no agent, and why, for the collector to report.
+
+    :param pid: the process the note is about (default: this one); a gunicorn
+        worker leaves one for its arbiter, which runs no flask-utd code.
+    :param keep: leave an existing note as it is (several processes may write
+        the same note at once; each sees it whole or not at all).
+    :returns: whether this call wrote the note.
+    """
     sockets.ensure_private_dir(socket_dir)
     sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
-    path = sockets.unsafe_note_path(socket_dir, instance, os.getpid())
+    path = sockets.unsafe_note_path(socket_dir, instance, pid or os.getpid())
     data = json.dumps({"role": role, "worker_id": worker_id, "error": message})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    if not keep:
+        fd = os.open(path, flags | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        return True
+    if os.path.lexists(path):
+        return False
+    # Written under a name of its own, then linked into place: link() fails if
+    # the note exists, so exactly one writer puts it there, whole.
+    draft = f"{path}.{os.getpid()}.new"
+    fd = os.open(draft, flags | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.link(draft, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(draft)
+    return True
 
 
 @forks.renew_in_child

@@ -304,12 +304,27 @@ def live_children(pid: int) -> set[int]:
 def list_instances(socket_dir: str) -> list[str]:
     """The instance directories in ``socket_dir`` whose owner process still exists.
 
-    The directory of an instance whose master is gone is cleaned up on the way: its
-    stale sockets and notes are removed, then the directory if it is empty (a uWSGI
-    master runs no ``atexit`` handler, so nothing else removes it).
+    The directory of an instance whose master is gone is cleaned up on the way
+    (:func:`prune_gone_instances`).
 
     :raises SocketDirError: this user may not read it (:func:`unreadable`).
     """
+    return _scan(socket_dir, keep=None)
+
+
+def prune_gone_instances(socket_dir: str, keep: str) -> None:
+    """Clean up the directories of instances whose owner process is gone, except
+    ``keep`` (the instance of the caller, which is alive whatever its owner).
+
+    Their stale sockets and the other files of processes that are gone go, then
+    each directory if that leaves it empty. A uWSGI master runs no ``atexit``
+    handler, and no Python code at all when it exits, so nothing else removes
+    them: every agent that starts, and every collection, passes here.
+    """
+    _scan(socket_dir, keep=keep)
+
+
+def _scan(socket_dir: str, keep: str | None) -> list[str]:
     try:
         names = sorted(os.listdir(socket_dir))
     except (FileNotFoundError, NotADirectoryError):
@@ -320,7 +335,7 @@ def list_instances(socket_dir: str) -> list[str]:
     for name in names:
         if not name.isdigit():
             continue
-        if pid_alive(int(name)):
+        if name == keep or pid_alive(int(name)):
             live.append(name)
         else:
             _prune(os.path.join(socket_dir, name))
@@ -328,16 +343,23 @@ def list_instances(socket_dir: str) -> list[str]:
 
 
 def _prune(directory: str) -> None:
+    """Remove what the processes of a dead instance left: a socket nobody listens
+    on, and every other ``<pid>.*`` file (faulthandler file, note, a socket being
+    bound) of a pid that is gone; then the directory, if empty."""
     try:
-        entries = list_entries(directory)
-    except SocketDirError:
-        return  # another user's: not ours to clean
-    for entry in entries:
-        if entry.kind == "socket":
-            remove_if_stale(entry.path)
-        elif not pid_alive(entry.pid):
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid, dot, _ = name.partition(".")
+        if not pid.isdigit() or not dot:
+            continue  # not ours: the directory stays
+        path = os.path.join(directory, name)
+        if name == f"{pid}{SOCKET_SUFFIX}":
+            remove_if_stale(path)
+        elif not pid_alive(int(pid)):
             try:
-                os.unlink(entry.path)
+                os.unlink(path)
             except OSError:
                 pass
     try:

@@ -21,6 +21,7 @@ from flask import current_app
 from flask import request
 
 from ..agent import forks
+from ..core.config import Settings
 from ..core.report import Report
 from ..servers.place import current_place
 from ..servers.place import roster
@@ -46,7 +47,7 @@ def after_fork_in_child() -> None:
     _collecting = threading.Lock()
 
 
-def _error(status: int, message: str, **headers: str) -> Response:
+def error_response(status: int, message: str, **headers: str) -> Response:
     response = Response(
         json.dumps({"error": message}) + "\n",
         status=status,
@@ -122,39 +123,57 @@ def _choose_format() -> Format | None:
     return by_type[best] if best is not None else next(iter(by_type.values()))
 
 
+def token_problem(settings: Settings) -> str | None:
+    """Why this request's token does not authorize it, or ``None`` when it does.
+
+    The token is the signed one of ``flask utd url``, in ``?token=`` or in an
+    ``Authorization: Bearer <token>`` header (which stays out of access logs).
+    """
+    from .signing import MAX_TOKEN_CHARS
+    from .signing import BadToken
+    from .signing import check_token
+
+    token = request.args.get("token")
+    if token is None:
+        authorization = request.authorization
+        if authorization is not None and authorization.type == "bearer":
+            token = authorization.token
+    try:
+        if token is not None and len(token) > MAX_TOKEN_CHARS:
+            raise BadToken("malformed token")
+        check_token(settings.secret_key, token, settings.url_max_age)
+    except BadToken as err:
+        return str(err)
+    return None
+
+
 def dump() -> Response:
     """The thread dump of every process of this server instance.
 
-    Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
-    403 when it is missing, malformed, tampered with or expired, and then
+    Authorized by a signed token (see :func:`flask utd url`) in ``?token=``, or
+    in an ``Authorization: Bearer <token>`` header, which stays out of access
+    logs; 403 when it is missing, malformed, tampered with or expired, and then
     nothing is collected: a small HTML page that says so and how to get a new
     link for a browser (which asks for the HTML format), a JSON error for
     everyone else.
     """
     from ..core import collector
     from ..core.formats import FORMATS
-    from .signing import MAX_TOKEN_CHARS
-    from .signing import BadToken
-    from .signing import check_token
 
     settings = current_app.extensions["utd"].settings
-    token = request.args.get("token")
-    try:
-        if token is not None and len(token) > MAX_TOKEN_CHARS:
-            raise BadToken("malformed token")
-        check_token(settings.secret_key, token, settings.url_max_age)
-    except BadToken as err:
+    refused = token_problem(settings)
+    if refused is not None:
         chosen = _choose_format()
         if chosen is not None and chosen.media_type == "text/html":
-            return _refused(str(err), settings.url_max_age)
-        return _error(403, str(err))
+            return _refused(refused, settings.url_max_age)
+        return error_response(403, refused)
     fmt = _choose_format()
     if fmt is None:
-        return _error(400, f"format must be one of {', '.join(FORMATS)}")
+        return error_response(400, f"format must be one of {', '.join(FORMATS)}")
     lock = _collecting
     if not lock.acquire(timeout=COLLECT_WAIT):
         retry = math.ceil(settings.timeout + collector.MARGIN)
-        return _error(
+        return error_response(
             429,
             "another thread dump is being collected by this process; try again"
             f" in {retry} s",

@@ -17,6 +17,7 @@ from ..core.config import load_settings
 from .place import Place
 from .place import set_place
 from .setup import loaded_settings
+from .setup import served_here
 from .setup import start_for_place
 
 if TYPE_CHECKING:
@@ -24,23 +25,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_utd")
 
-#: What the hooks read from the environment when the arbiter has no app.
-ENVIRONMENT_KEYS = ("UTD_ADMIN_LISTEN", "UTD_SECRET_KEY")
-
 
 def _settings() -> list[Settings]:
     """The settings of the apps loaded here (``--preload``), else those of the
-    environment (``UTD_SOCKET_DIR``, ``UTD_ADMIN_LISTEN``, ``UTD_SECRET_KEY``)."""
+    environment: every ``UTD_*`` variable, read as the app reads it when its
+    config does not set it (:func:`~flask_utd.core.config.load_settings`)."""
     loaded = loaded_settings()
     if loaded:
         return loaded
-    config = _environment()
     # A secret is needed only to serve the dump URL (the admin listener).
-    return [load_settings(config, need_secret="UTD_ADMIN_LISTEN" in config)]
-
-
-def _environment() -> dict[str, Any]:
-    return {key: os.environ[key] for key in ENVIRONMENT_KEYS if os.environ.get(key)}
+    return [load_settings({}, need_secret=bool(os.environ.get("UTD_ADMIN_LISTEN")))]
 
 
 def _start_admin(
@@ -67,16 +61,12 @@ def _start_admin(
             err,
         )
         return
+    served_here(settings)
     server_log.info(
         "flask-utd: admin listener of the gunicorn arbiter (pid %d) bound to %s",
         os.getpid(),
         listener.address,
     )
-
-
-def environment() -> dict[str, Any]:
-    """The ``UTD_*`` settings the hooks read from the environment."""
-    return _environment()
 
 
 def _remove_files(server: Any, pid: int) -> None:
