@@ -21,6 +21,7 @@ from ..core import sockets
 from ..core.fallback import FH_SUFFIX
 from . import faultdump
 from . import forks
+from . import native
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .server import AgentServer
@@ -43,7 +44,8 @@ class Agent:
     path: str
     info: AgentInfo
     server: AgentServer
-    thread: threading.Thread
+    #: A real OS thread also under gevent (:mod:`.native`).
+    thread: native.NativeThread
 
 
 _lock = threading.Lock()
@@ -161,13 +163,10 @@ def start_agent(
         )
         # Connections are possible only after listen(): the mode is final by then.
         os.chmod(binding, 0o600)
-        thread = threading.Thread(
-            target=server.start, name=AGENT_THREAD_NAME, daemon=True
-        )
-        agent = Agent(pid, path, info, server, thread)
         server._listen()
         os.rename(binding, path)
-        thread.start()
+        thread = native.start_thread(server.start, AGENT_THREAD_NAME)
+        agent = Agent(pid, path, info, server, thread)
         assert thread.ident is not None
         marks.mark(thread.ident, "agent")
         _agents[path] = agent

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import threading
 import time
 import zlib
 from collections import deque
@@ -22,6 +21,7 @@ from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import Server
 
 from ..core import sockets
+from . import native
 
 log = logging.getLogger("flask_utd")
 
@@ -183,15 +183,20 @@ class AgentServer(Server):  # type: ignore[misc]
 
     active: bool
     _closed: bool
+    listener: socket.socket
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Under gevent, everything the loop waits on or sleeps in is the
+        # standard library's (:mod:`.native`): the agent's thread never waits on
+        # the hub that a stuck greenlet blocks.
+        self.listener = native.unpatched_socket(self.listener)
         self._clients: set[_Client] = set()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = native.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._close_lock = threading.Lock()
+        self._selector = native.default_selector()
+        self._close_lock = native.allocate_lock()
         self._looping = False
 
     # -- the loop ---------------------------------------------------------
@@ -214,7 +219,7 @@ class AgentServer(Server):  # type: ignore[misc]
                     # A bug must not end the agent: say so, breathe, go on.
                     if self.active:
                         log.exception("flask-utd: error in the agent's loop")
-                        time.sleep(0.1)
+                        native.sleep(0.1)
         except Exception:
             if self.active:
                 log.exception("flask-utd: the agent stopped on an error")
@@ -267,7 +272,7 @@ class AgentServer(Server):  # type: ignore[misc]
         # A bounded batch, so that a flood cannot keep the loop from its clients.
         for _ in range(64):
             try:
-                sock, _addr = self.listener.accept()
+                sock, _addr = native.accept(self.listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
