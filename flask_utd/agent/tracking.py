@@ -3,10 +3,18 @@
 :class:`RequestTracker`, a WSGI middleware that ``utd_bp`` puts around the app's
 ``wsgi_app``, records a request when it enters the app and forgets it when the app
 returns; the agent reads the record when it dumps the thread. The record lives in
-a process-level dict keyed by :func:`threading.get_ident`, not in
+a process-level dict keyed by the OS thread's ident, not in
 ``app.extensions["utd"]``: a thread serves one request at a time whatever app it
 belongs to, and the agent, which dumps the whole process, must see every app's
 requests.
+
+Under gevent (gunicorn's gevent worker, uWSGI's gevent loop) every request of a
+worker runs in its own greenlet and all of them share one OS thread: the key is
+then the greenlet's id (what gevent's ``threading.get_ident`` answers), so that
+a thousand concurrent greenlets keep a thousand records. Which key a process
+uses is decided once, at its first request (:func:`_decide`): a request that
+runs in a greenlet other than its thread's main one means a greenlet server.
+A threaded server keeps calling the one C function it always did.
 
 The request path does as little as possible: no lock (one assignment to and one
 ``pop`` from a dict, each atomic under the GIL, each thread touching only its own
@@ -20,7 +28,7 @@ request (docs/performance.md).
 from __future__ import annotations
 
 import os
-import threading
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -31,6 +39,7 @@ from typing import Any
 
 from ..core.report import Request
 from . import forks
+from . import native
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
@@ -45,7 +54,6 @@ MAX_REQUEST_ID = 200
 #: Longest path kept in a report.
 MAX_PATH = 2000
 
-_get_ident = threading.get_ident
 _time = time.time
 _monotonic = time.monotonic
 
@@ -115,7 +123,7 @@ def _text(environ: dict[str, Any], key: str) -> str:
 def request_of(ident: int, now: float | None = None) -> Request | None:
     """The report's ``request`` of the thread ``ident``, or ``None``.
 
-    :param ident: the thread's ident.
+    :param ident: the thread's ident, or the greenlet's id (``id(greenlet)``).
     :param now: ``time.monotonic()`` of the dump, the same for every thread.
     """
     record = _current.get(ident)
@@ -154,8 +162,39 @@ def request_of(ident: int, now: float | None = None) -> Request | None:
     }
 
 
+def _greenlet_key() -> int:
+    """The key of the calling greenlet's records: its id, or for a thread's main
+    greenlet the thread's ident (as for a thread without greenlets)."""
+    current = _getcurrent()
+    if current.parent is None:
+        return _thread_ident()
+    return id(current)
+
+
+def _decide() -> int:
+    """Choose this process's key at its first request, and return it."""
+    global _get_ident, _getcurrent, _thread_ident
+    _thread_ident = native.original("_thread", "get_ident")
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is not None and greenlet.getcurrent().parent is not None:
+        _getcurrent = greenlet.getcurrent
+        _get_ident = _greenlet_key
+    else:
+        _get_ident = _thread_ident
+    return _get_ident()
+
+
+_get_ident: Callable[[], int] = _decide
+# Set by _decide, before _greenlet_key can be called.
+_getcurrent: Callable[[], Any]
+_thread_ident: Callable[[], int]
+
+
 @forks.renew_in_child
 def after_fork_in_child() -> None:
     """A forked child serves none of its parent's requests (only the forking
-    thread exists there, and it is not serving)."""
+    thread exists there, and it is not serving), and decides its own key: a
+    gunicorn worker patches gevent in after the fork."""
+    global _get_ident
     _current.clear()
+    _get_ident = _decide
