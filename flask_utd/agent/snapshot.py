@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import linecache
 import os
-import threading
 import time
 from types import CodeType
 from types import FrameType
@@ -18,6 +17,8 @@ from ..core.report import Frame
 from ..core.report import Process
 from ..core.report import Thread
 from ..core.report import process_entry
+from . import greenlets as _greenlets  # noqa: F401  (then gevent's greenlets)
+from . import native
 from . import threads as _threads  # noqa: F401  (registers the first source)
 from . import waits
 from .frame_locals import LocalsRequest
@@ -120,19 +121,19 @@ def _frame_stack(
 
 
 def _infer_from_end(
-    frames: list[Frame], calling: bool | None
+    frames: list[Frame], calling: bool | None, suspended: bool
 ) -> tuple[str, int | None, bool | None]:
     """:func:`waits.infer`, with the frame it was read from counted from the
     innermost (0), so that threads with other outer frames can share it, and
     ``calling``."""
-    wait, index = waits.infer(frames, calling=calling)
+    wait, index = waits.infer(frames, calling=calling, suspended=suspended)
     return wait, None if index is None else len(frames) - 1 - index, calling
 
 
 def _entry(
     stack: Stack,
     memo: dict[int, dict[int, Frame]],
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]],
+    ends: dict[tuple[object, ...], tuple[str, int | None, bool | None]],
     shared: bool,
 ) -> tuple[Thread, list[FrameType]]:
     """The report entry of one stack, and its frame objects when locals are asked
@@ -142,11 +143,11 @@ def _entry(
     # Stacks that end in the same frames (the same instructions, so the same
     # entries) wait on the same thing: the state is inferred once per distinct
     # end of stack.
-    end = tuple(map(id, frames[-waits.INNERMOST :]))
+    end = (stack.suspended, *map(id, frames[-waits.INNERMOST :]))
     inferred = ends.get(end)
     if inferred is None:
         calling = None if frame is None else waits.in_call(frame)
-        inferred = ends[end] = _infer_from_end(frames, calling)
+        inferred = ends[end] = _infer_from_end(frames, calling, stack.suspended)
     wait, from_end, calling = inferred
     wait_frame = None if from_end is None else len(frames) - 1 - from_end
     # The OS state only where it tells more than the frames: reading it costs
@@ -203,13 +204,13 @@ def thread_reports(
         flask-utd's own threads).
     """
     context = SnapshotContext(
-        now=time.monotonic(), thread_frames=current_frames(), me=threading.get_ident()
+        now=time.monotonic(), thread_frames=current_frames(), me=native.get_ident()
     )
     with_locals: list[tuple[list[Frame], list[FrameType]]] = []
     threads = ThreadReports()
     own: list[Thread] = []
     memo: dict[int, dict[int, Frame]] = {}
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
+    ends: dict[tuple[object, ...], tuple[str, int | None, bool | None]] = {}
     shared = locals_request is None
     try:
         for source in sources():
