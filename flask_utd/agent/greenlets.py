@@ -27,8 +27,10 @@ import gc
 import sys
 import threading
 import time
+import weakref
 from datetime import datetime
 from datetime import timezone
+from itertools import compress
 from typing import Any
 
 from ..core import marks
@@ -43,14 +45,74 @@ from .sources import Stack
 #: Most greenlets given for one process: the running ones, the hubs and those
 #: that serve a request come first. The rest are counted in
 #: ``"threads_truncated"``, with the threads left out.
-MAX_GREENLETS = 1000
+MAX_GREENLETS = 2000
+#: Seconds between two looks for new hubs (threads that start their own).
+HUBS_AGAIN_AFTER = 10.0
 #: A hub whose loop has not turned for this many seconds while another greenlet
 #: of its thread runs is blocked by that greenlet.
 BLOCKING_AFTER = 1.0
 
+_NO_EXTRA: dict[str, Any] = {}
+
 #: Where the connection greenlets of gevent's servers (``gevent.pywsgi``,
 #: gunicorn's gevent workers) start: the outermost frame of an idle one.
 _SERVER_HANDLERS = frozenset({("baseserver.py", "_handle_and_close_when_done")})
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = {cls}
+    sub: type
+    for sub in cls.__subclasses__():
+        found |= _subclasses(sub)
+    return found
+
+
+def _greenlets_of(hubs: list[Any], greenlet_type: type) -> list[Any]:
+    """The hubs, their threads' main greenlets, and every greenlet whose parent is
+    one of them (all that gevent spawns), from the garbage collector.
+
+    Found as the objects that refer to a hub or a main greenlet (a greenlet
+    refers to its parent): the collector walks every object in C and hands back
+    only those. A list of every object (``gc.get_objects()``, what gevent's own
+    ``format_run_info`` reads) would hold a reference to each while other
+    threads run, and C code may count on an object's reference count: uWSGI's
+    gevent loop refills one argument tuple in place, and a worker crashed
+    ("bad argument to internal function", then SIGSEGV) when it found it
+    shared. The referrers are filtered by exact type, in C: ``isinstance``
+    could run an object's ``__class__`` property, the app's code.
+    """
+    mains = [h.parent for h in hubs if h.parent is not None]
+    referrers = gc.get_referrers(*hubs, *mains)
+    contains = _subclasses(greenlet_type).__contains__
+    found = list(compress(referrers, map(contains, map(type, referrers))))
+    del referrers
+    seen = set(map(id, found))
+    found.extend(g for g in (*hubs, *mains) if id(g) not in seen)
+    return found
+
+
+#: The hubs found so far (weakly: a hub that ends is forgotten), and when
+#: they were last looked for.
+_hubs: weakref.WeakSet[Any] = weakref.WeakSet()
+_hubs_found_at = [-HUBS_AGAIN_AFTER]
+
+
+def _known_hubs(hub_type: type) -> list[Any]:
+    """This process's hubs: looked for among the objects that refer to the
+    ``Hub`` class (a Python class: its instances do) when none is known, or
+    :data:`HUBS_AGAIN_AFTER` after the last time (a thread may have started
+    one), else remembered."""
+    hubs = [h for h in list(_hubs) if h]
+    now = time.monotonic()
+    if not hubs or now - _hubs_found_at[0] >= HUBS_AGAIN_AFTER:
+        _hubs_found_at[0] = now
+        referrers = gc.get_referrers(*_subclasses(hub_type))
+        contains = _subclasses(hub_type).__contains__
+        hubs = list(compress(referrers, map(contains, map(type, referrers))))
+        del referrers
+        for hub in hubs:
+            _hubs.add(hub)
+    return hubs
 
 
 def _dict_of(obj: Any) -> dict[str, Any]:
@@ -62,22 +124,30 @@ def _dict_of(obj: Any) -> dict[str, Any]:
     return namespace if isinstance(namespace, dict) else {}
 
 
-def _name(greenlet: Any, thread: threading.Thread | None) -> str:
+def _name(
+    greenlet: Any, thread: threading.Thread | None, names: dict[object, str]
+) -> str:
     """A name for a greenlet: the one it was given, its thread's (a patched
-    :class:`threading.Thread` runs as a greenlet), or what it runs.
+    :class:`threading.Thread` runs as a greenlet), or what it runs (``names``
+    keeps those of one snapshot).
 
     gevent's ``Greenlet.name`` is not read: made up on first use, it takes an id
     from its hub's registry, which only the hub's thread may do.
     """
-    given = _dict_of(greenlet).get("name")
+    namespace = _dict_of(greenlet)
+    given = namespace.get("name")
     if isinstance(given, str):
         return given
     if thread is not None:
         return thread.name
-    run = _dict_of(greenlet).get("_run")
-    what = getattr(run, "__qualname__", None) or getattr(run, "__name__", None)
-    kind = type(greenlet).__name__
-    return f"{kind} {what}" if isinstance(what, str) else kind
+    run = namespace.get("_run")
+    key = (type(greenlet), id(run))
+    name = names.get(key)
+    if name is None:
+        what = getattr(run, "__qualname__", None) or getattr(run, "__name__", None)
+        kind = type(greenlet).__name__
+        name = names[key] = f"{kind} {what}" if isinstance(what, str) else kind
+    return name
 
 
 def _outermost(frame: Any) -> Any:
@@ -103,6 +173,54 @@ def _native_id(
     return None if thread is None else thread.native_id
 
 
+def _thread_of(g: Any, thread_of: dict[int, int]) -> int | None:
+    """The OS thread of a greenlet: that of its hub (its parent, or its parent's
+    parent), or the one whose main greenlet or hub it is."""
+    for _ in range(3):
+        if g is None:
+            return None
+        found = thread_of.get(id(g))
+        if found is not None:
+            return found
+        g = g.parent
+    return None
+
+
+def _code_of(run: Any) -> Any:
+    """The code object a greenlet's ``run`` starts in, when it is Python's."""
+    run = getattr(run, "func", run)  # functools.partial
+    run = getattr(run, "__func__", run)  # a bound method
+    return getattr(run, "__code__", None)
+
+
+def _running(candidates: list[Any], current: Any, hub_ids: set[int]) -> Any:
+    """Which of a thread's greenlets without ``gr_frame`` runs on it now, or
+    ``None``.
+
+    A greenlet has no ``gr_frame`` while it runs, and also when it switched
+    away from C code (uWSGI's main greenlet, a request that uWSGI reads in C):
+    the thread's current stack tells which one it is, from its outermost frame.
+    """
+    if current is None:
+        return None  # the thread runs C code only
+    outer = _outermost(current)
+    code = outer.f_code
+    named = (code.co_filename.rpartition("/")[2], code.co_name)
+    hubs = [g for g in candidates if id(g) in hub_ids]
+    if named == ("hub.py", "run") and hubs:
+        return hubs[0]
+    spawned = [g for g in candidates if g.parent is not None and g not in hubs]
+    matched = [g for g in spawned if _code_of(_dict_of(g).get("_run")) is code]
+    if len(matched) == 1:
+        return matched[0]
+    if len(spawned) == 1 and not matched:
+        return spawned[0]
+    mains = [g for g in candidates if g.parent is None]
+    if mains and code.co_name in ("<module>", "_bootstrap"):
+        return mains[0]  # the thread's own first frame
+    return None
+
+
 def _stale_for(loop: Any) -> float | None:
     """How long ago the hub's event loop last turned (read its clock), or
     ``None``."""
@@ -125,66 +243,83 @@ def greenlet_stacks(context: SnapshotContext) -> Found:
     if hub_module is None or greenlet_module is None:
         return Found([])
     hub_type = hub_module.Hub
-    greenlet_type = greenlet_module.greenlet
-    everything = gc.get_objects()
-    try:
-        greenlets = [g for g in everything if isinstance(g, greenlet_type)]
-    finally:
-        del everything
+    if getattr(hub_type, "_hub_counter", 1) == 0:
+        return Found([])  # gevent is loaded, but no hub was ever made
     # Each hub runs in one OS thread; a greenlet belongs to the thread of the
     # hub it switches back to (its parent), a hub's parent is its thread's main
     # greenlet.
     thread_of: dict[int, int] = {}
     hubs: list[Any] = []
-    for g in greenlets:
-        if isinstance(g, hub_type):
-            ident = g.thread_ident
-            if isinstance(ident, int):
-                hubs.append(g)
-                thread_of[id(g)] = ident
-                if g.parent is not None:
-                    thread_of[id(g.parent)] = ident
+    for hub in _known_hubs(hub_type):
+        ident = hub.thread_ident
+        if isinstance(ident, int):
+            hubs.append(hub)
+            thread_of[id(hub)] = ident
+            if hub.parent is not None:
+                thread_of[id(hub.parent)] = ident
     if not hubs:
         return Found([])
+    greenlets = _greenlets_of(hubs, greenlet_module.greenlet)
     by_ident: dict[int | None, threading.Thread] = {
         t.ident: t for t in threading.enumerate()
     }
+    hub_ids = {id(h) for h in hubs}
     now = context.now
     wall = time.time()
-    me = context.me
-    first: list[Stack] = []  # running, hubs, serving a request
-    rest: list[Stack] = []
-    idle: dict[int, int] = {}
-    running_in: dict[int, Stack] = {}
+    # Where each live greenlet runs, and which one runs on each thread now.
+    located: list[tuple[Any, int | None, Any, Any]] = []
+    frameless: dict[int, list[Any]] = {}
     for g in greenlets:
         if not g:  # not started yet, or finished
             continue
         parent = g.parent
-        thread_ident = thread_of.get(id(g))
-        if thread_ident is None and parent is not None:
-            thread_ident = thread_of.get(id(parent))
-            if thread_ident is None and parent.parent is not None:
-                thread_ident = thread_of.get(id(parent.parent))
+        # Most greenlets' parent is their hub.
+        thread_ident = None if parent is None else thread_of.get(id(parent))
+        if thread_ident is None:
+            thread_ident = _thread_of(g, thread_of)
         frame = g.gr_frame
-        running = frame is None
-        if running:
-            if thread_ident is None or thread_ident == me:
-                continue  # a thread's own main greenlet: the thread source has it
-            frame = context.thread_frames.get(thread_ident)
-        is_hub = isinstance(g, hub_type)
-        main = parent is None
+        located.append((g, thread_ident, frame, parent))
+        if frame is None and thread_ident is not None:
+            frameless.setdefault(thread_ident, []).append(g)
+    running_ids = {
+        id(g)
+        for thread_ident, candidates in frameless.items()
+        if thread_ident != context.me
+        for g in [
+            _running(candidates, context.thread_frames.get(thread_ident), hub_ids)
+        ]
+        if g is not None
+    }
+    first: list[Stack] = []  # running, hubs, serving a request
+    rest: list[Stack] = []
+    idle: dict[int, int] = {}
+    running_in: dict[int, Stack] = {}
+    names: dict[object, str] = {}
+    own_marks = marks.marked()
+    request_of = tracking.request_of
+    for g, thread_ident, frame, parent in located:
         ident = id(g)
-        request = None if main else tracking.request_of(ident, now)
-        own = marks.own(ident)
+        running = ident in running_ids
+        if running:
+            frame = context.thread_frames.get(thread_ident)  # type: ignore[arg-type]
+        is_hub = ident in hub_ids
+        main = parent is None
+        if frame is None and (main or thread_ident is None):
+            # A thread's main greenlet that runs, or that switched away from C
+            # code: the thread source has its thread.
+            continue
+        request = None if main else request_of(ident, now)
+        own = own_marks.get(ident)
         if (
             request is None
             and own is None
             and not running
             and not is_hub
-            and frame is not None
             and thread_ident is not None
-            and _idle_in_server(frame)
+            and (frame is None or _idle_in_server(frame))
         ):
+            # A server's connection greenlet waiting for a request, in Python
+            # (gevent's servers) or in C (uWSGI reading one).
             idle[thread_ident] = idle.get(thread_ident, 0) + 1
             continue
         if is_hub:
@@ -192,9 +327,11 @@ def greenlet_stacks(context: SnapshotContext) -> Found:
         elif main:
             name = "main greenlet"
         else:
-            name = _name(g, by_ident.get(ident))
-        extra: dict[str, Any] = {}
+            name = _name(g, by_ident.get(ident), names)
+        extra = _NO_EXTRA  # read only; those written to get their own
         native_id = None
+        if running or is_hub or main:
+            extra = {}
         if running:
             extra["running"] = True
             # It runs on its thread now: the thread's OS state is its own.

@@ -225,3 +225,23 @@ def after_fork_in_child() -> None:
     global _main_ident
     _main_ident = _main_thread_ident()
     _bare.clear()
+
+
+def import_rpyc() -> None:
+    """Import RPyC without letting it import gevent.
+
+    ``rpyc.utils.server`` imports gevent, when it is installed, for a
+    ``GeventServer`` the agent never uses. An import of gevent that the app did
+    not ask for costs tens of milliseconds and changes what libraries that look
+    for ``"gevent"`` in :data:`sys.modules` do, and flask-utd must not be the
+    one that brings gevent in. While RPyC is imported, ``sys.modules["gevent"]``
+    is ``None`` (an import of gevent then fails), then removed again.
+    """
+    if "rpyc" in sys.modules or "gevent" in sys.modules:
+        return
+    sys.modules["gevent"] = None  # type: ignore[assignment]
+    try:
+        import rpyc.utils.server  # noqa: F401
+    finally:
+        if "gevent" in sys.modules and sys.modules["gevent"] is None:
+            del sys.modules["gevent"]

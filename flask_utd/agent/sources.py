@@ -25,7 +25,7 @@ from ..core.report import Own
 from ..core.report import Request
 
 
-@dataclass
+@dataclass(slots=True)
 class Stack:
     """One stack a source found: a thread's, or a greenlet's."""
 

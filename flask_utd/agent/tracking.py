@@ -46,8 +46,11 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
 
-#: ``{thread ident: (environ, wall start, monotonic start, keep the query)}``
-_current: dict[int, tuple[dict[str, Any], float, float, bool]] = {}
+#: ``{thread ident: [environ, wall start, monotonic start, keep the query,
+#: what the agent read of it]}``: the last item is ``None`` until a dump formats
+#: the parts that do not change (:func:`request_of`), so that the next dumps of
+#: a long request (a thousand stuck greenlets, ``--samples``) do not again.
+_current: dict[int, list[Any]] = {}
 
 #: Longest request id kept in a report; the header comes from the client.
 MAX_REQUEST_ID = 200
@@ -91,7 +94,7 @@ class RequestTracker:
             self.on_new_process()
         ident = _get_ident()
         outer = _current.get(ident)  # an app called from another tracked app
-        _current[ident] = (environ, _time(), _monotonic(), self.capture_query)
+        _current[ident] = [environ, _time(), _monotonic(), self.capture_query, None]
         try:
             return self.wsgi_app(environ, start_response)
         finally:
@@ -104,6 +107,8 @@ class RequestTracker:
 def _attribute(obj: Any, name: str) -> Any:
     """``obj.name`` from the instance's ``__dict__`` only: the agent reads other
     threads' objects and never runs their properties."""
+    if obj is None:
+        return None  # not routed yet (or no Flask request): no exception to raise
     try:
         namespace = object.__getattribute__(obj, "__dict__")
     except AttributeError:
@@ -129,7 +134,10 @@ def request_of(ident: int, now: float | None = None) -> Request | None:
     record = _current.get(ident)
     if record is None:
         return None
-    environ, wall, mono, capture_query = record
+    environ, wall, mono, capture_query, fixed = record
+    if fixed is None:
+        fixed = record[4] = _fixed(environ, wall)
+    method, path, query, request_id, started_at = fixed
     if now is None:
         now = time.monotonic()
     # Routing has happened once Flask's request knows its URL rule.
@@ -137,29 +145,39 @@ def request_of(ident: int, now: float | None = None) -> Request | None:
     endpoint = _attribute(rule, "endpoint")
     if not isinstance(endpoint, str):
         endpoint = None
-    path = "/" + _text(environ, "PATH_INFO").lstrip("/")
-    query = _text(environ, "QUERY_STRING")
     if (
         capture_query
         and query
         and endpoint is not None
         and endpoint.rpartition(".")[0] != "utd"
     ):
-        path = f"{path}?{query}"
+        path = f"{path}?{query}"[:MAX_PATH]
+    return {
+        "method": method,
+        "path": path,
+        "endpoint": endpoint,
+        "request_id": request_id,
+        "started_at": started_at,
+        "elapsed_s": round(max(0.0, now - mono), 3),
+    }
+
+
+def _fixed(
+    environ: dict[str, Any], wall: float
+) -> tuple[str | None, str, str, str | None, str]:
+    """What a request's report says that does not change while it runs: method,
+    path, query, request id, start."""
+    method = environ.get("REQUEST_METHOD")
     request_id = environ.get("HTTP_X_REQUEST_ID")
     if not isinstance(request_id, str):
         request_id = None
-    method = environ.get("REQUEST_METHOD")
-    return {
-        "method": method if isinstance(method, str) else None,
-        "path": path[:MAX_PATH],
-        "endpoint": endpoint,
-        "request_id": request_id[:MAX_REQUEST_ID] if request_id else None,
-        "started_at": datetime.fromtimestamp(wall, timezone.utc).isoformat(
-            timespec="milliseconds"
-        ),
-        "elapsed_s": round(max(0.0, now - mono), 3),
-    }
+    return (
+        method if isinstance(method, str) else None,
+        ("/" + _text(environ, "PATH_INFO").lstrip("/"))[:MAX_PATH],
+        _text(environ, "QUERY_STRING"),
+        request_id[:MAX_REQUEST_ID] if request_id else None,
+        datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds"),
+    )
 
 
 def _greenlet_key() -> int:
