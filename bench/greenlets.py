@@ -33,9 +33,7 @@ from flask_utd.agent.tracking import RequestTracker  # noqa: E402
 def bare_walk() -> int:
     count = 0
     stacks = list(current_frames().values())
-    stacks += [
-        g.gr_frame for g in gc.get_objects() if isinstance(g, greenlet.greenlet)
-    ]
+    stacks += [g.gr_frame for g in gc.get_objects() if isinstance(g, greenlet.greenlet)]
     for frame in stacks:
         stack = []
         while frame is not None:
@@ -83,7 +81,11 @@ def main() -> None:
         snap.append(time.perf_counter() - started)
     release.set()
     gevent.joinall(greenlets)
-    print(json.dumps({"snapshot": statistics.median(snap), "bare": statistics.median(bare)}))
+    print(
+        json.dumps(
+            {"snapshot": statistics.median(snap), "bare": statistics.median(bare)}
+        )
+    )
 
 
 if __name__ == "__main__":
