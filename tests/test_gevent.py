@@ -305,6 +305,14 @@ def test_importing_flask_utd_imports_no_gevent(version: str) -> None:
     assert scenario(version, "import") == {"gevent": False, "threads": 2}
 
 
+def test_a_dump_while_gevent_is_half_imported() -> None:
+    # uWSGI's gevent-monkey-patch imports gevent.monkey in the worker's main
+    # thread while the agent may be answering: the agent once asked it for
+    # originals then, found no get_original, and stopped for good.
+    result = scenario(SUPPORTED[-1], "half-imported")
+    assert result == {"statuses": ["ok", "ok", "ok"]}
+
+
 @pytest.mark.parametrize("patch", [True, False], ids=["patched", "unpatched"])
 def test_a_thousand_greenlets_keep_their_own_requests(patch: bool) -> None:
     result = scenario(SUPPORTED[-1], "thousand", *(["patch"] if patch else []))

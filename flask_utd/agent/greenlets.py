@@ -238,11 +238,12 @@ def _stale_for(loop: Any) -> float | None:
 @sources.register
 def greenlet_stacks(context: SnapshotContext) -> Found:
     """The stack source of gevent's greenlets (nothing without gevent)."""
-    hub_module = sys.modules.get("gevent.hub")
-    greenlet_module = sys.modules.get("greenlet")
-    if hub_module is None or greenlet_module is None:
+    # getattr: a module that another thread is importing right now (gevent
+    # being patched in while a dump comes) may not have its names yet.
+    hub_type = getattr(sys.modules.get("gevent.hub"), "Hub", None)
+    greenlet_type = getattr(sys.modules.get("greenlet"), "greenlet", None)
+    if hub_type is None or greenlet_type is None:
         return Found([])
-    hub_type = hub_module.Hub
     if getattr(hub_type, "_hub_counter", 1) == 0:
         return Found([])  # gevent is loaded, but no hub was ever made
     # Each hub runs in one OS thread; a greenlet belongs to the thread of the
@@ -259,7 +260,7 @@ def greenlet_stacks(context: SnapshotContext) -> Found:
                 thread_of[id(hub.parent)] = ident
     if not hubs:
         return Found([])
-    greenlets = _greenlets_of(hubs, greenlet_module.greenlet)
+    greenlets = _greenlets_of(hubs, greenlet_type)
     by_ident: dict[int | None, threading.Thread] = {
         t.ident: t for t in threading.enumerate()
     }

@@ -5,12 +5,13 @@ gevent's ``monkey.patch_all()`` turns ``threading.Thread`` into greenlets, locks
 and sleeps into calls that switch to the hub, and sockets and selectors into
 ones that wait on the hub. The agent must not wait on a hub: the hub is what a
 stuck greenlet blocks. Its thread, socket, selector, locks and sleeps come from
-here, which asks :func:`gevent.monkey.get_original` when gevent is loaded (as
-gevent's own monitor thread does), and the standard library otherwise. Patching
-may come before or after the agent starts (gunicorn's gevent worker patches
-after ``post_fork``, uWSGI's ``gevent-early-monkey-patch`` before the app loads,
-an app may patch at the top of its module): every function here looks the
-original up when it is called, and objects made before patching stay unpatched.
+here: taken when this module is imported, from :func:`gevent.monkey.get_original`
+when gevent is loaded (as gevent's own monitor thread does), else from the
+standard library as it is then, before any patching. Patching may come before
+or after the agent starts (gunicorn's gevent worker patches after ``post_fork``,
+uWSGI's ``gevent-early-monkey-patch`` before the app loads, an app may patch at
+the top of its module): what the agent made before patching stays unpatched,
+and what it makes later is made from these.
 
 Importing this never imports gevent: it only looks whether gevent is loaded.
 """
@@ -29,47 +30,71 @@ from typing import Protocol
 
 from . import forks
 
+#: How :class:`threading.Thread` starts its OS thread (a module global that
+#: gevent replaces with one that starts a greenlet).
+_THREADING_START = (
+    "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread"
+)
+_WANTED = (
+    ("_thread", "start_new_thread"),
+    ("_thread", "allocate_lock"),
+    ("_thread", "get_ident"),
+    ("time", "sleep"),
+    ("selectors", "DefaultSelector"),
+    ("socket", "socket"),
+    ("threading", _THREADING_START),
+)
 
-def original(module: str, name: str) -> Any:
-    """``module.name`` as it was before gevent patched it (or as it is, without
-    gevent)."""
+
+def _look_up() -> dict[tuple[str, str], Any]:
+    # Once, at import: objects made before patching stay unpatched, so what is
+    # taken now is the original whatever gevent does later. Asked of gevent at
+    # each call instead, the agent once found gevent.monkey half imported (uWSGI
+    # patching in its main thread while a dump came in) and stopped.
     monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original(module, name)
-    return getattr(importlib.import_module(module), name)
+    get = getattr(monkey, "get_original", None)
+    if get is not None:  # patched already, perhaps: gevent kept the originals
+        return {(mod, name): get(mod, name) for mod, name in _WANTED}
+    return {
+        (mod, name): getattr(importlib.import_module(mod), name)
+        for mod, name in _WANTED
+    }
 
 
-def patched(module: str = "threading") -> bool:
-    """Whether gevent has patched ``module`` in this process."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched(module))
+_ORIGINAL = _look_up()
+
+#: The ident of the calling OS thread (under gevent, ``threading.get_ident``
+#: answers the current greenlet's id).
+get_ident: Callable[[], int] = _ORIGINAL["_thread", "get_ident"]
 
 
-def get_ident() -> int:
-    """The ident of the calling OS thread (under gevent, ``threading.get_ident``
-    answers the current greenlet's)."""
-    get: Callable[[], int] = original("_thread", "get_ident")
-    return get()
+def threading_patched() -> bool:
+    """Whether :class:`threading.Thread` now starts greenlets (gevent patched
+    :mod:`threading`)."""
+    return (
+        getattr(threading, _THREADING_START, None)
+        is not _ORIGINAL["threading", _THREADING_START]
+    )
 
 
 def allocate_lock() -> Any:
     """A lock that blocks the OS thread, never a greenlet's switch to the hub."""
-    return original("_thread", "allocate_lock")()
+    return _ORIGINAL["_thread", "allocate_lock"]()
 
 
 def sleep(seconds: float) -> None:
     """Sleep in this OS thread, not in the hub."""
-    original("time", "sleep")(seconds)
+    _ORIGINAL["time", "sleep"](seconds)
 
 
 def default_selector() -> selectors.BaseSelector:
     """The platform's selector, not gevent's (which waits on the hub)."""
-    selector: selectors.BaseSelector = original("selectors", "DefaultSelector")()
+    selector: selectors.BaseSelector = _ORIGINAL["selectors", "DefaultSelector"]()
     return selector
 
 
 def _socket_class() -> type[socket.socket]:
-    cls: type[socket.socket] = original("socket", "socket")
+    cls: type[socket.socket] = _ORIGINAL["socket", "socket"]
     return cls
 
 
@@ -124,7 +149,7 @@ class BareThread:
     when :mod:`threading` is patched (its ``Thread.start`` would start a
     greenlet). Daemon by nature: the interpreter does not wait for it.
 
-    :mod:`threading` does not list it; :func:`thread_names` names it for dumps.
+    :mod:`threading` does not list it; :func:`bare_thread` finds it for dumps.
     """
 
     daemon = True
@@ -140,7 +165,7 @@ class BareThread:
     def start(self) -> None:
         self._started.acquire()
         self._done.acquire()
-        original("_thread", "start_new_thread")(self._run, ())
+        _ORIGINAL["_thread", "start_new_thread"](self._run, ())
         self._started.acquire()  # until ident and native id are known
         self._started.release()
 
@@ -174,24 +199,13 @@ def start_thread(target: Callable[[], object], name: str) -> NativeThread:
 
     Without patching it is a plain :class:`threading.Thread`, as ever.
     """
-    if not patched("threading"):
+    if not threading_patched():
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         return thread
     bare = BareThread(target, name)
     bare.start()
     return bare
-
-
-def thread_names() -> dict[int, str]:
-    """The names of this process's threads that :mod:`threading` does not know
-    under their OS ident: bare threads, and the main thread once gevent has
-    patched :mod:`threading` (it then answers the main greenlet's id as its
-    ident)."""
-    names = {ident: bare.name for ident, bare in list(_bare.items())}
-    if _main_ident is not None:
-        names.setdefault(_main_ident, threading.main_thread().name)
-    return names
 
 
 def bare_thread(ident: int) -> BareThread | None:

@@ -192,7 +192,7 @@ def _greenlet_key() -> int:
 def _decide() -> int:
     """Choose this process's key at its first request, and return it."""
     global _get_ident, _getcurrent, _thread_ident
-    _thread_ident = native.original("_thread", "get_ident")
+    _thread_ident = native.get_ident
     greenlet = sys.modules.get("greenlet")
     if greenlet is not None and greenlet.getcurrent().parent is not None:
         _getcurrent = greenlet.getcurrent

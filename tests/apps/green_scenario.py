@@ -3,6 +3,8 @@ process, never the test runner's): ``python -m tests.apps.green_scenario NAME``
 prints one JSON line with what the scenario saw.
 
 - ``import``: importing flask-utd and starting its agent imports no gevent.
+- ``half-imported``: a dump while ``gevent.monkey`` is in :data:`sys.modules`
+  without its names yet (uWSGI patching in its main thread as a dump comes in).
 - ``thousand [patch]``: a thousand greenlets inside the request tracker at once,
   each on its own path; the snapshot's greenlet entries and their requests.
   ``patch`` first monkey-patches (the agent's thread is then a bare OS thread),
@@ -28,6 +30,23 @@ def scenario_import() -> dict[str, Any]:
     threads, _ = thread_reports()
     lifecycle.stop_agents()
     return {"gevent": "gevent" in sys.modules, "threads": len(threads)}
+
+
+def scenario_half_imported() -> dict[str, Any]:
+    import tempfile
+    import types
+
+    sys.modules["gevent.monkey"] = types.ModuleType("gevent.monkey")
+    from flask_utd.agent import lifecycle
+    from flask_utd.core.collector import collect
+
+    directory = tempfile.mkdtemp(prefix="utd-")
+    lifecycle.start_agent(directory, "1", role="process", worker_id=None)
+    statuses = [
+        p["status"] for _ in range(3) for p in collect(directory, "1")["processes"]
+    ]
+    lifecycle.stop_agents()
+    return {"statuses": statuses}
 
 
 def scenario_thousand(patch: bool) -> dict[str, Any]:
@@ -97,6 +116,8 @@ if __name__ == "__main__":
     name, *args = sys.argv[1:]
     if name == "import":
         print(json.dumps(scenario_import()))
+    elif name == "half-imported":
+        print(json.dumps(scenario_half_imported()))
     elif name == "thousand":
         print(json.dumps(scenario_thousand("patch" in args)))
     else:
