@@ -143,7 +143,9 @@ def _entry(
     # Stacks that end in the same frames (the same instructions, so the same
     # entries) wait on the same thing: the state is inferred once per distinct
     # end of stack.
-    end = (stack.suspended, *map(id, frames[-waits.INNERMOST :]))
+    end: tuple[object, ...] = tuple(map(id, frames[-waits.INNERMOST :]))
+    if stack.suspended:
+        end += ("suspended",)  # a switched-out greenlet is never running
     inferred = ends.get(end)
     if inferred is None:
         calling = None if frame is None else waits.in_call(frame)
