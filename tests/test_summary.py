@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_utd.core.render import page_context
 from flask_utd.core.render import render_text
 from flask_utd.core.report import Frame
@@ -359,3 +361,90 @@ def test_flask_utds_own_threads_are_noise_by_their_mark() -> None:
     assert states[3] == (True, "flask-utd admin listener")
     assert states[4] == (True, "collecting this dump")
     assert not is_own({"frames": []}) and is_own({"is_agent": True})
+
+
+GREEN: list[Frame] = [
+    {"file": f"{SITE}/gevent/baseserver.py", "line": 34, "function": "_handle"},
+    {"file": f"{SITE}/flask/app.py", "line": 1478, "function": "wsgi_app", "code": "x"},
+    {"file": "/srv/shop/views.py", "line": 40, "function": "report", "code": "q()"},
+    {"file": f"{SITE}/gevent/hub.py", "line": 166, "function": "sleep", "code": "w"},
+]
+SPIN: list[Frame] = [
+    *GREEN[:2],
+    {"file": "/srv/shop/views.py", "line": 70, "function": "spin"},
+]
+HUB: list[Frame] = [
+    {"file": f"{SITE}/gevent/hub.py", "line": 647, "function": "run", "code": "r"}
+]
+
+
+def _green_worker(pid: int, *, blocked: bool) -> Any:  # a Process, built loosely
+    """A gevent worker: its main thread, two greenlets stuck in the same line,
+    its hub, and (``blocked``) a greenlet spinning on the thread."""
+    main = dict(_thread(1, SPIN if blocked else HUB, wait="running"), kind="thread")
+    sleeping = [
+        dict(_thread(100 + i, GREEN, 9.0, "sleeping"), kind="greenlet", native_id=None)
+        for i in range(2)
+    ]
+    hub = dict(_thread(200, HUB, wait="io-select"), kind="greenlet", hub=True)
+    hub["idle_greenlets"] = 1000
+    entries = [main, *sleeping, hub]
+    if blocked:
+        spinner = dict(_thread(300, SPIN, 3.0, "running"), kind="greenlet")
+        spinner.update(running=True, blocking_hub={"for_s": 3.0, "since": "t0"})
+        hub.update(blocked_by=300, blocked_for_s=3.0)
+        entries.append(spinner)
+    for entry in entries[1:]:
+        entry["thread_ident"] = 1
+    return {
+        "pid": pid,
+        "role": "worker",
+        "worker_id": pid - 10,
+        "status": "ok",
+        "error": None,
+        "threads": entries,
+    }
+
+
+def test_greenlets_grouped_across_workers_and_a_blocked_hub_first() -> None:
+    report: Report = {
+        "schema": "flask-utd/1",
+        "generated_at": "2026-01-01T00:00:10+00:00",
+        "host": "h",
+        "processes": [
+            _green_worker(11, blocked=True),
+            _green_worker(12, blocked=False),
+        ],
+    }
+    summary = summarize(report, 5.0)
+    # The blocked hub first: which greenlet, and the 1,000 idle ones, the hub and
+    # the two sleeping greenlets wait on it.
+    (blocked,) = summary["blocked_hubs"]
+    assert (blocked["pid"], blocked["greenlet"], blocked["for_s"]) == (11, 300, 3.0)
+    assert blocked["waiting"] == 1000 + 3
+    assert blocked["app_frame"]["function"] == "spin"
+    # Identical greenlet stacks grouped across both workers.
+    group = next(g for g in summary["stack_groups"] if g["frames"] == GREEN)
+    assert (group["count"], group["processes"]) == (4, 2)
+    assert {t["kind"] for t in group["threads"]} == {"greenlet"}
+    # Worker 11's main thread runs the spinner: counted once, as the greenlet.
+    assert sum(1 for g in summary["stack_groups"] if g["frames"] == SPIN) == 1
+    assert next(g for g in summary["stack_groups"] if g["frames"] == SPIN)["count"] == 1
+    assert [s["kind"] for s in summary["stuck_requests"]] == ["greenlet"] * 4
+    report["summary"] = summary
+    text = render_text(report)
+    assert text.index("Blocked hubs") < text.index("requests in progress, 4 stuck")
+    assert "4 greenlets in 2 workers: sleeping" in text
+    assert "1000 idle greenlets of the server" in text
+    # Greenlets right under their thread, the blocking one first.
+    dump = text[text.index("=== worker 1 ") : text.index("=== worker 2 ")]
+    order = [
+        line.strip()
+        for line in dump.splitlines()
+        if line.strip()[:6] in ("Thread", "Greenl")
+    ]
+    assert order[0].startswith('Thread "t1"')
+    assert order[1].startswith('Greenlet "t300"')
+    assert "which runs on this thread (below)" in dump
+    titles = [line for line in dump.splitlines() if 'Greenlet "' in line]
+    assert titles and all(line.startswith("    Greenlet") for line in titles)

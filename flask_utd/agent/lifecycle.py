@@ -23,6 +23,7 @@ from ..core import sockets
 from ..core.fallback import FH_SUFFIX
 from . import faultdump
 from . import forks
+from . import native
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .server import AgentServer
@@ -41,7 +42,8 @@ class Agent:
     path: str
     info: AgentInfo
     server: AgentServer
-    thread: threading.Thread
+    #: A real OS thread also under gevent (:mod:`.native`).
+    thread: native.NativeThread
 
 
 _lock = threading.Lock()
@@ -172,11 +174,8 @@ def start_agent(
         info = AgentInfo(role, worker_id, unsafe, locals_policy)
         service = UTDService(info)
         server = AgentServer(service, _listen(binding, path), SERVER_CONFIG)
-        thread = threading.Thread(
-            target=server.start, name=AGENT_THREAD_NAME, daemon=True
-        )
+        thread = native.start_thread(server.start, AGENT_THREAD_NAME)
         agent = Agent(pid, path, info, server, thread)
-        thread.start()
         assert thread.ident is not None
         marks.mark(thread.ident, "agent")
         _agents[path] = agent

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import linecache
 import os
-import threading
 import time
 from types import CodeType
 from types import FrameType
@@ -18,6 +17,8 @@ from ..core.report import Frame
 from ..core.report import Process
 from ..core.report import Thread
 from ..core.report import process_entry
+from . import greenlets as _greenlets  # noqa: F401  (then gevent's greenlets)
+from . import native
 from . import threads as _threads  # noqa: F401  (registers the first source)
 from . import waits
 from .frame_locals import LocalsRequest
@@ -125,13 +126,15 @@ def _frame_stack(
 _End = tuple[str, int | None, bool | None, waits.Callee | None]
 
 
-def _read_end(frame: FrameType | None, frames: list[Frame]) -> _End:
+def _read_end(
+    frame: FrameType | None, frames: list[Frame], suspended: bool = False
+) -> _End:
     """:func:`waits.infer`, with the frame it was read from counted from the
     innermost (0), so that threads with other outer frames can share it;
     ``calling``; and the callee of the innermost frame's call
     (:func:`waits.cached_callee`), where naming it tells something."""
     calling = None if frame is None else waits.in_call(frame)
-    wait, index = waits.infer(frames, calling=calling)
+    wait, index = waits.infer(frames, calling=calling, suspended=suspended)
     called = None
     if calling and frame is not None and waits.names_its_call(frame):
         called = waits.cached_callee(frame.f_code, frame.f_lasti)
@@ -141,8 +144,8 @@ def _read_end(frame: FrameType | None, frames: list[Frame]) -> _End:
 def _entry(
     stack: Stack,
     memo: dict[int, dict[int, Frame]],
-    ends: dict[tuple[int, ...], _End],
-    global_calls: dict[tuple[int, ...], str | None],
+    ends: dict[tuple[object, ...], _End],
+    global_calls: dict[tuple[object, ...], str | None],
     shared: bool,
 ) -> tuple[Thread, list[FrameType]]:
     """The report entry of one stack, and its frame objects when locals are asked
@@ -152,10 +155,12 @@ def _entry(
     # Stacks that end in the same frames (the same instructions, so the same
     # entries) wait on the same thing: the state is inferred once per distinct
     # end of stack.
-    end = tuple(map(id, frames[-waits.INNERMOST :]))
+    end: tuple[object, ...] = tuple(map(id, frames[-waits.INNERMOST :]))
+    if stack.suspended:
+        end += ("suspended",)  # a switched-out greenlet is never running
     inferred = ends.get(end)
     if inferred is None:
-        inferred = ends[end] = _read_end(frame, frames)
+        inferred = ends[end] = _read_end(frame, frames, stack.suspended)
     wait, from_end, calling, called = inferred
     wait_frame = None if from_end is None else len(frames) - 1 - from_end
     # The OS state only where it tells more than the frames: reading it costs
@@ -226,14 +231,14 @@ def thread_reports(
         flask-utd's own threads).
     """
     context = SnapshotContext(
-        now=time.monotonic(), thread_frames=current_frames(), me=threading.get_ident()
+        now=time.monotonic(), thread_frames=current_frames(), me=native.get_ident()
     )
     with_locals: list[tuple[list[Frame], list[FrameType]]] = []
     threads = ThreadReports()
     own: list[Thread] = []
     memo: dict[int, dict[int, Frame]] = {}
-    ends: dict[tuple[int, ...], _End] = {}
-    global_calls: dict[tuple[int, ...], str | None] = {}
+    ends: dict[tuple[object, ...], _End] = {}
+    global_calls: dict[tuple[object, ...], str | None] = {}
     shared = locals_request is None
     try:
         for source in sources():

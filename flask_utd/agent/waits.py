@@ -30,6 +30,12 @@ a call. The bytecode also says what is called, as the code spells it (``db`` and
 ``execute``), and the frame's namespaces what that is (a ``sqlite3.Connection``):
 the call is named without running any of the app's code. Everything here runs in
 the agent thread, never on a request path.
+
+Under gevent a blocking call ends in gevent's code (``gevent/hub.py``'s
+``sleep``, a gevent socket's ``recv``...), much of it compiled and so without
+frames: the state is read from the innermost gevent frame, or from the line
+that called into gevent. A greenlet that is switched out (``suspended``) waits
+for its hub by definition: what its frames leave open is ``waiting-condition``.
 """
 
 from __future__ import annotations
@@ -133,6 +139,51 @@ def _module(path: str) -> str:
     return path.rpartition("/")[2]
 
 
+#: What the innermost frame in gevent's package says, by file and function
+#: (``None``: any function of that file).
+_GEVENT_STATES: dict[tuple[str, str | None], str] = {
+    ("hub.py", "sleep"): "sleeping",
+    ("hub.py", "run"): "io-select",
+    ("hub.py", None): "waiting-condition",
+    ("_socketcommon.py", None): "io-socket",
+    ("_socket3.py", None): "io-socket",
+    ("socket.py", None): "io-socket",
+    ("ssl.py", None): "io-socket",
+    ("_ssl3.py", None): "io-socket",
+    ("os.py", None): "io-socket",
+    ("select.py", None): "io-select",
+    ("selectors.py", None): "io-select",
+    ("lock.py", None): "waiting-lock",
+    ("_semaphore.py", None): "waiting-lock",
+    ("thread.py", None): "waiting-lock",
+    ("event.py", None): "waiting-condition",
+    ("queue.py", None): "waiting-condition",
+    ("greenlet.py", None): "waiting-condition",
+    ("pool.py", None): "waiting-condition",
+    ("threading.py", None): "waiting-condition",
+    ("subprocess.py", None): "waiting-condition",
+}
+
+
+def _in_gevent(path: str) -> bool:
+    return "/gevent/" in path
+
+
+def _gevent_state(frames: Sequence[Frame]) -> tuple[str, int] | None:
+    """The state of a stack whose innermost frame is gevent's, from that frame
+    (a hub's loop, a gevent socket...), or ``None`` when gevent's file does not
+    say."""
+    last = len(frames) - 1
+    inner = frames[last]
+    module = _module(inner["file"])
+    state = _GEVENT_STATES.get((module, inner["function"])) or _GEVENT_STATES.get(
+        (module, None)
+    )
+    if state is None:
+        return None
+    return state, last
+
+
 #: :func:`infer` reads at most this many frames, the innermost ones: a thread's
 #: state depends on them alone, so a dump works it out once per distinct end
 #: of stack.
@@ -157,6 +208,7 @@ def infer(
     *,
     calling: bool | None = None,
     os_state: str | None = None,
+    suspended: bool = False,
 ) -> tuple[str, int | None]:
     """The wait state of a thread and the index of the frame it was read from.
 
@@ -165,9 +217,39 @@ def infer(
     :param calling: whether the innermost frame is in a call (:func:`in_call`);
         ``None`` when unknown.
     :param os_state: the thread's state letter from ``/proc``, if known.
+    :param suspended: a greenlet that is switched out: never ``running``.
     """
     if not frames:
         return "unknown", None
+    if _in_gevent(frames[-1]["file"]):
+        found = _gevent_state(frames)
+        if found is not None:
+            state, at = found
+            if suspended and state == "io-select" and at == len(frames) - 1:
+                # A hub switched out: it waits for the greenlet that runs.
+                state = "waiting-condition"
+            return state, at
+        # Read the line that called into gevent, as if gevent's were C code.
+        outer = len(frames) - 1
+        floor = max(0, len(frames) - INNERMOST)
+        while outer > floor and _in_gevent(frames[outer]["file"]):
+            outer -= 1
+        if not _in_gevent(frames[outer]["file"]):
+            wait, index = infer(frames[: outer + 1], calling=True, suspended=suspended)
+            if wait != "unknown" or index is not None:
+                return wait, index
+        if suspended:
+            return "waiting-condition", len(frames) - 1
+        return "unknown", None
+    state, index = _infer_plain(frames, calling, os_state)
+    if suspended and state in OPEN_STATES:
+        return "waiting-condition", len(frames) - 1
+    return state, index
+
+
+def _infer_plain(
+    frames: Sequence[Frame], calling: bool | None, os_state: str | None
+) -> tuple[str, int | None]:
     last = len(frames) - 1
     inner = frames[last]
     module = _module(inner["file"])

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .config import DEFAULTS
+from .nesting import is_greenlet
+from .nesting import nested
+from .nesting import running_greenlets
 from .report import Report
 from .report import Request
 from .report import Thread
 from .summary import app_frame
 from .summary import origin_of
 from .summary import process_key
+from .summary import summarize
 
 
 def _origin(process: Mapping[str, Any]) -> str:
@@ -27,7 +32,48 @@ def _process_title(process: Mapping[str, Any]) -> str:
     return f"{role} (pid {process['pid']}){_origin(process)}"
 
 
+def _greenlet_title(greenlet: Thread) -> str:
+    parts = [f"id {greenlet['ident']}"]
+    if greenlet.get("thread_ident") is not None:
+        parts.append(f"on thread {greenlet['thread_ident']}")
+    for flag, text in (
+        ("hub", "hub"),
+        ("main", "main greenlet"),
+        ("running", "running"),
+    ):
+        if greenlet.get(flag):
+            parts.append(text)
+    return f'Greenlet "{greenlet["name"]}" ({", ".join(parts)})'
+
+
+def _greenlet_lines(greenlet: Thread, names: dict[int, str]) -> list[str]:
+    """What a greenlet entry says beyond a thread's: its hub's idle greenlets,
+    and a blocked hub, from both sides."""
+    lines = []
+    blocking = greenlet.get("blocking_hub")
+    if blocking:
+        lines.append(
+            f"Has not yielded to the hub for {_seconds(blocking['for_s'])}, since"
+            f" {blocking['since']}: every other greenlet of this thread waits on it"
+        )
+    culprit = greenlet.get("blocked_by")
+    if culprit is not None:
+        lines.append(
+            f"Blocked for {_seconds(greenlet.get('blocked_for_s'))} by greenlet"
+            f' "{names.get(culprit, "?")}" (id {culprit}), which has not yielded'
+        )
+    idle = greenlet.get("idle_greenlets")
+    if idle:
+        lines.append(
+            f"{_plural(idle, 'idle greenlet')} of the server (connections waiting"
+            " for a request), not listed"
+        )
+    return lines
+
+
 def _thread_title(thread: Thread) -> str:
+    if is_greenlet(thread):
+        return _greenlet_title(thread)
     parts = [f"ident {thread['ident']}"]
     if thread.get("native_id") is not None:
         parts.append(f"native id {thread['native_id']}")
@@ -157,7 +203,8 @@ def _request_item_lines(item: dict[str, Any]) -> list[str]:
         what = "a request (not recorded)"
     lines = [
         f"  {mark:<5} {_seconds(item.get('elapsed_s')):>8}  {what} in {where},"
-        f' thread "{item["thread"]}", {wait_text(item.get("wait"), item.get("call"))}'
+        f' {item.get("kind") or "thread"} "{item["thread"]}",'
+        f" {wait_text(item.get('wait'), item.get('call'))}"
     ]
     if item.get("request_id"):
         lines.append(f"                  request id {item['request_id']}")
@@ -165,9 +212,41 @@ def _request_item_lines(item: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _blocked_hub_lines(
+    summary: dict[str, Any], roles: Mapping[Any, Mapping[str, Any]]
+) -> list[str]:
+    """The greenlets that do not yield, longest first: each blocks every other
+    greenlet of its thread (:mod:`flask_utd.agent.greenlets`)."""
+    blocked = summary.get("blocked_hubs") or []
+    if not blocked:
+        return []
+    lines = ["Blocked hubs: a greenlet that does not yield, longest first:"]
+    for item in blocked:
+        process = roles.get(
+            process_key(item), {"pid": item["pid"], "role": item.get("role")}
+        )
+        lines.append(
+            f'  {_seconds(item.get("for_s")):>8}  greenlet "{item["name"]}" in'
+            f" {_where(process)}, since {item.get('since')}:"
+            f" {_plural(item.get('waiting') or 0, 'other greenlet')} wait on it"
+        )
+        request = item.get("request")
+        if request:
+            endpoint = f" ({request['endpoint']})" if request.get("endpoint") else ""
+            wait = item.get("wait") or "unknown"
+            lines.append(
+                f"            serving {request['method']}"
+                f" {request['path']}{endpoint}, {wait}"
+            )
+        lines.append(f"            at {_frame_line(item.get('app_frame'))}")
+    lines.append("")
+    return lines
+
+
 def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
     lines: list[str] = [""]
     roles = {process_key(p): p for p in report["processes"]}
+    lines.extend(_blocked_hub_lines(summary, roles))
     lines.extend(headline(report, summary))
     for item in requests_in_progress(report, summary):
         lines.extend(_request_item_lines(item))
@@ -196,9 +275,11 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
             if group.get("hosts", 1) > 1:
                 place += f" on {group['hosts']} hosts"
             frame = group.get("app_frame") or (group["frames"] or [None])[-1]
+            kinds = {t.get("kind", "thread") for t in group["threads"]}
             wait = wait_text(group.get("wait"), group.get("call"))
             lines.append(
-                f"  {group['count']} threads in {place}: {wait} at {_frame_line(frame)}"
+                f"  {group['count']} {_stack_noun(kinds)} in {place}: {wait} at"
+                f" {_frame_line(frame)}"
             )
             names = ", ".join(
                 f'"{t["name"]}" (pid {t["pid"]}'
@@ -208,6 +289,12 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
             more = len(group["threads"]) - 8
             lines.append(f"      {names}{f', and {more} more' if more > 0 else ''}")
     return lines
+
+
+def _stack_noun(kinds: set[str]) -> str:
+    if kinds == {"greenlet"}:
+        return "greenlets"
+    return "threads" if kinds <= {"thread"} else "threads and greenlets"
 
 
 def _state_line(thread: Thread, names: dict[int, str]) -> str | None:
@@ -239,9 +326,6 @@ def _summary_of(report: Report) -> dict[str, Any]:
     report that has none."""
     summary = report.get("summary")
     if summary is None:
-        from .config import DEFAULTS
-        from .summary import summarize
-
         summary = summarize(report, DEFAULTS["UTD_SLOW_REQUEST"])
     return summary
 
@@ -291,7 +375,11 @@ def render_text(report: Report, *, all_threads: bool = False) -> str:
             " (a worker starting or exiting, or a process that runs no app, such"
             " as uWSGI's http router)"
         )
-    lines.extend(_summary_lines(report, _summary_of(report)))
+    summary = _summary_of(report)
+    slow_after = summary.get("slow_after")
+    if not isinstance(slow_after, (int, float)):
+        slow_after = DEFAULTS["UTD_SLOW_REQUEST"]
+    lines.extend(_summary_lines(report, summary))
     lines.append("")
     lines.append("Full dump:")
     for process in processes:
@@ -306,29 +394,50 @@ def render_text(report: Report, *, all_threads: bool = False) -> str:
             for note in locals_entry.get("notes") or ():
                 lines.append(f"    Locals incomplete: {note}")
         names = {t["ident"]: t["name"] for t in process["threads"]}
-        for thread in process["threads"]:
+        hosted = running_greenlets(process["threads"])
+        # Greenlets under their OS thread, indented, the stuck ones first.
+        for thread, depth in nested(process["threads"], slow_after):
             lines.append("")
             if not all_threads and is_own(thread):
-                lines.append(f"{_thread_title(thread)}: {_FOLDED}")
+                lines.append("    " * depth + f"{_thread_title(thread)}: {_FOLDED}")
                 continue
-            lines.append(_thread_title(thread))
-            request = thread.get("request")
-            if request:
-                lines.append(_request_line(request))
-            state = _state_line(thread, names)
-            if state:
-                lines.append(state)
-            lines.append("Stack (most recent call last):")
-            for frame in thread["frames"]:
-                lines.append(
-                    f'  File "{frame["file"]}", line {frame["line"]},'
-                    f" in {frame['function']}"
-                )
-                if frame.get("code"):
-                    lines.append(f"    {frame['code']}")
-                for name, value in (frame.get("locals") or {}).items():
-                    lines.append(f"      {name} = {value}")
+            lines.extend(
+                "    " * depth + line
+                for line in _entry_lines(thread, names, hosted.get(thread["ident"]))
+            )
     return "\n".join(lines) + "\n"
+
+
+def _entry_lines(
+    thread: Thread, names: dict[int, str], running: Thread | None
+) -> list[str]:
+    """One thread's (or greenlet's) part of the full dump."""
+    lines = [_thread_title(thread)]
+    request = thread.get("request")
+    if request:
+        lines.append(_request_line(request))
+    state = _state_line(thread, names)
+    if state:
+        lines.append(state)
+    if is_greenlet(thread):
+        lines.extend(_greenlet_lines(thread, names))
+    elif running is not None:
+        # The thread's frames are those of the greenlet running on it.
+        lines.append(
+            f'Stack: that of greenlet "{running["name"]}" (id {running["ident"]}),'
+            " which runs on this thread (below)"
+        )
+        return lines
+    lines.append("Stack (most recent call last):")
+    for frame in thread["frames"]:
+        lines.append(
+            f'  File "{frame["file"]}", line {frame["line"]}, in {frame["function"]}'
+        )
+        if frame.get("code"):
+            lines.append(f"    {frame['code']}")
+        for name, value in (frame.get("locals") or {}).items():
+            lines.append(f"      {name} = {value}")
+    return lines
 
 
 #: Order of the thread states on the page, most telling first.
@@ -464,42 +573,64 @@ def page_context(report: Report) -> dict[str, Any]:
     summary = _summary_of(report)
     answered = summary.get("answered", sum(1 for p in processes if p["status"] == "ok"))
     by_state = summary.get("threads_by_state") or _count_states(report)
+    slow_after = summary.get("slow_after")
+    if not isinstance(slow_after, (int, float)):
+        slow_after = 5.0
     shown = []
     for process in processes:
         threads = []
+        hosted = running_greenlets(process["threads"])
+        names = {t["ident"]: t["name"] for t in process["threads"]}
         for thread in process["threads"]:
             frames = [
                 dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]
             ]
             noise = is_own(thread)
+            # A thread on which a greenlet runs shows that greenlet's frames:
+            # the greenlet's entry tells them (and serves its request).
+            running = None if is_greenlet(thread) else hosted.get(thread["ident"])
             threads.append(
                 {
                     **thread,
                     "frames": frames,
-                    "serving": _serves_request(thread) and not noise,
+                    "serving": _serves_request(thread)
+                    and not noise
+                    and running is None,
                     "noise": noise,
                     "state": _thread_state(thread),
                     "request": thread.get("request"),
                     "outer": frames[:-1],
                     "inner": frames[-1] if frames else None,
+                    "greenlet": is_greenlet(thread),
+                    "runs_greenlet": running,
+                    "notes": _greenlet_lines(thread, names),
                 }
             )
         # Request threads first, then the others; the agents and the threads
-        # making this dump last.
+        # making this dump last; greenlets under their OS thread, stuck first.
         threads.sort(key=lambda t: (t["noise"], not t["serving"]))
+        ordered = [
+            dict(t, depth=depth)
+            for t, depth in nested(threads, slow_after)  # type: ignore[arg-type]
+        ]
         shown.append(
             {
                 **process,
                 "title": _process_title(process),
-                "threads": threads,
+                "threads": ordered,
                 "serving": sum(1 for t in threads if t["serving"]),
+                "greenlets": sum(1 for t in threads if t["greenlet"]),
             }
         )
     return {
         "report": report,
         "answered": answered,
         "process_count": summary.get("processes", len(processes)),
-        "thread_count": sum(len(p["threads"]) for p in processes),
+        "thread_count": sum(
+            1 for p in processes for t in p["threads"] if not is_greenlet(t)
+        ),
+        "greenlet_count": sum(p["greenlets"] for p in shown),
+        "blocked_hubs": summary.get("blocked_hubs") or [],
         "threads_by_state": sorted(by_state.items(), key=_state_key),
         "headline": headline(report, summary),
         "requests": requests_in_progress(report, summary),

@@ -61,6 +61,15 @@ class Request(TypedDict):
     elapsed_s: float
 
 
+class BlockingHub(TypedDict):
+    """How long a greenlet has kept its hub from running (``"blocking_hub"``)."""
+
+    #: Seconds since the hub's event loop last turned.
+    for_s: float
+    #: When that was (ISO 8601, UTC).
+    since: str
+
+
 class _ThreadRequired(TypedDict):
     ident: int
     native_id: int | None
@@ -94,6 +103,21 @@ class Thread(_ThreadRequired, total=False):
     moved: bool | None
     #: ``"faulthandler"`` for a thread read by the fallback.
     source: str
+    #: A greenlet that runs on its OS thread at the moment of the dump: its
+    #: frames are that thread's.
+    running: bool
+    #: The gevent hub of its OS thread.
+    hub: bool
+    #: The main greenlet of its OS thread (the code that started the hub).
+    main: bool
+    #: On a hub: how many idle greenlets of a gevent server (kept-alive
+    #: connections waiting for a request) its thread has, counted, not listed.
+    idle_greenlets: int
+    #: On a hub: the greenlet that has not yielded to it for ``blocked_for_s``.
+    blocked_by: int
+    blocked_for_s: float
+    #: On the greenlet that blocks its hub: for how long, since when.
+    blocking_hub: BlockingHub
 
 
 class _ProcessRequired(TypedDict):

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+from .nesting import running_greenlets
 from .report import Frame
+from .report import Process
 from .report import Report
 
 # Frames that are not the application's: Python's standard library, installed
@@ -82,19 +84,32 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     :param report: the merged report (its ``processes``).
     :param slow_after: requests older than this many seconds are stuck
         (``UTD_SLOW_REQUEST``).
-    :returns: ``processes``, ``answered``, ``threads_by_state``,
-        ``stuck_requests`` (oldest first) and ``stack_groups`` (largest first).
+    Greenlets count as stacks of their own; an OS thread on which a greenlet
+    runs at the moment of the dump is counted as that greenlet, once.
+
+    :param report: the merged report (its ``processes``).
+    :param slow_after: requests older than this many seconds are stuck
+        (``UTD_SLOW_REQUEST``).
+    :returns: ``processes``, ``answered``, ``blocked_hubs`` (longest first),
+        ``threads_by_state``, ``stuck_requests`` (oldest first) and
+        ``stack_groups`` (largest first).
     """
     processes = report.get("processes") or []
     merged = any("host" in p for p in processes)
     by_state: Counter[str] = Counter()
     stuck: list[dict[str, Any]] = []
+    blocked: list[dict[str, Any]] = []
     groups: dict[tuple[tuple[Any, ...], ...], dict[str, Any]] = {}
     for process in processes:
         origin = origin_of(process)
-        for thread in process.get("threads") or ():
+        entries = process.get("threads") or []
+        hosted = running_greenlets(entries)
+        blocked.extend(_blocked_hubs(process))
+        for thread in entries:
             if thread.get("own") or thread.get("is_agent"):
                 continue
+            if thread.get("kind") != "greenlet" and thread["ident"] in hosted:
+                continue  # its stack is the running greenlet's, counted there
             by_state[thread.get("wait") or "unknown"] += 1
             frames = thread.get("frames") or []
             request = thread.get("request")
@@ -107,6 +122,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                         "worker_id": process.get("worker_id"),
                         "thread": thread.get("name"),
                         "ident": thread.get("ident"),
+                        "kind": thread.get("kind", "thread"),
                         "method": request.get("method"),
                         "path": request.get("path"),
                         "endpoint": request.get("endpoint"),
@@ -139,9 +155,11 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "pid": process["pid"],
                     "ident": thread.get("ident"),
                     "name": thread.get("name"),
+                    "kind": thread.get("kind", "thread"),
                 }
             )
     stuck.sort(key=lambda s: -(s["elapsed_s"] or 0))
+    blocked.sort(key=lambda b: -(b["for_s"] or 0))
     stack_groups = sorted(groups.values(), key=lambda g: -g["count"])
     for group in stack_groups:
         keys = group.pop("_pids")
@@ -152,7 +170,51 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
         "processes": len(processes),
         "answered": sum(1 for p in processes if p.get("status") == "ok"),
         "slow_after": slow_after,
+        "blocked_hubs": blocked,
         "threads_by_state": dict(by_state.most_common()),
         "stuck_requests": stuck,
         "stack_groups": stack_groups,
     }
+
+
+def _blocked_hubs(process: Process) -> list[dict[str, Any]]:
+    """The hubs of ``process`` that a greenlet keeps from running: which
+    greenlet, for how long, and how many other greenlets wait on it."""
+    entries = process.get("threads") or []
+    found = []
+    for hub in entries:
+        culprit_ident = hub.get("blocked_by")
+        if not hub.get("hub") or culprit_ident is None:
+            continue
+        culprit = next((e for e in entries if e["ident"] == culprit_ident), None)
+        if culprit is None:
+            continue
+        thread_ident = hub.get("thread_ident")
+        # Every greenlet of that thread, listed or counted, but the culprit.
+        waiting = sum(
+            1
+            for e in entries
+            if e.get("kind") == "greenlet"
+            and e.get("thread_ident") == thread_ident
+            and e is not culprit
+        ) + (hub.get("idle_greenlets") or 0)
+        blocking: dict[str, Any] = dict(culprit.get("blocking_hub") or {})
+        frames = culprit.get("frames") or []
+        found.append(
+            {
+                **origin_of(process),
+                "pid": process["pid"],
+                "role": process.get("role"),
+                "worker_id": process.get("worker_id"),
+                "thread_ident": thread_ident,
+                "greenlet": culprit_ident,
+                "name": culprit.get("name"),
+                "for_s": hub.get("blocked_for_s"),
+                "since": blocking.get("since"),
+                "waiting": waiting,
+                "wait": culprit.get("wait"),
+                "request": culprit.get("request"),
+                "app_frame": app_frame(frames),
+            }
+        )
+    return found
