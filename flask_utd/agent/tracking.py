@@ -222,7 +222,7 @@ def ages(now: float | None = None) -> list[float]:
         now = time.monotonic()
     found = []
     # A copy first: request threads add and remove their records meanwhile.
-    for environ, _wall, mono, _query in list(_current.values()):
+    for environ, _wall, mono, *_rest in list(_current.values()):
         endpoint = _attribute(
             _attribute(environ.get("werkzeug.request"), "url_rule"), "endpoint"
         )
