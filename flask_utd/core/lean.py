@@ -18,6 +18,7 @@ from typing import Any
 from .collector import SLOW_AFTER
 from .collector import all_answered
 from .collector import collect
+from .collector import collect_samples
 from .collector import find_instance
 from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
@@ -25,6 +26,9 @@ from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
 from .render import render_text
 from .report import Report
+from .samples import DEFAULT_INTERVAL
+from .samples import MAX_INTERVAL
+from .samples import MAX_SAMPLES
 
 USAGE = """\
 Usage: {prog} dump [OPTIONS]
@@ -44,6 +48,10 @@ Options:
                        set UTD_LOCALS).
   --slow-after SECONDS List requests older than this many seconds first, as
                        stuck (default: 5).
+  --samples N          Take N dumps and say of every thread whether it moved
+                       between them (default: 1, at most {max_samples}).
+  --interval SECONDS   Seconds between samples (default: {interval:g}, at
+                       most {max_interval:g}).
   --help               Show this message and exit.
 """
 
@@ -68,8 +76,18 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
         "timeout": 2.0,
         "show_locals": False,
         "slow_after": SLOW_AFTER,
+        "samples": 1,
+        "interval": DEFAULT_INTERVAL,
     }
-    takes_value = {"--socket-dir", "--pid", "--instance", "--timeout", "--slow-after"}
+    takes_value = {
+        "--socket-dir",
+        "--pid",
+        "--instance",
+        "--timeout",
+        "--slow-after",
+        "--samples",
+        "--interval",
+    }
     rest = args[1:]
     while rest:
         arg = rest.pop(0)
@@ -99,6 +117,24 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
                 raise _Usage(
                     f"invalid value for --pid: {value!r} is not an integer."
                 ) from None
+        elif name == "--samples":
+            if not value.isdigit() or not 1 <= int(value) <= MAX_SAMPLES:
+                raise _Usage(
+                    f"invalid value for --samples: {value!r} is not a whole number"
+                    f" from 1 to {MAX_SAMPLES}."
+                )
+            options["samples"] = int(value)
+        elif name == "--interval":
+            try:
+                interval = float(value)
+            except ValueError:
+                interval = float("nan")
+            if not 0 < interval <= MAX_INTERVAL:
+                raise _Usage(
+                    f"invalid value for --interval: {value!r} is not a number of"
+                    f" seconds more than 0 and at most {MAX_INTERVAL:g}."
+                )
+            options["interval"] = interval
         elif name == "--slow-after":
             try:
                 slow = float(value)
@@ -132,22 +168,39 @@ def collect_one(
     timeout: float = 2.0,
     show_locals: bool = False,
     slow_after: float = SLOW_AFTER,
+    samples: int = 1,
+    interval: float = DEFAULT_INTERVAL,
 ) -> Report:
     """The report of the one running instance (or of process ``pid`` in it).
 
     Shared by this command and ``flask utd dump``.
 
+    :param samples: with more than 1, that many collections ``interval``
+        seconds apart, merged (:func:`~flask_utd.core.collector.collect_samples`).
     :raises InstanceNotFound: no instance, several, or no process ``pid``.
     """
     socket_dir, found = find_instance(socket_dirs, instance)
-    report = collect(
-        socket_dir,
-        found,
-        timeout=timeout,
-        pid=pid,
-        options={"locals": True} if show_locals else None,
-        slow_after=slow_after,
-    )
+    options = {"locals": True} if show_locals else None
+    if samples > 1:
+        report = collect_samples(
+            socket_dir,
+            found,
+            samples=samples,
+            interval=interval,
+            timeout=timeout,
+            pid=pid,
+            options=options,
+            slow_after=slow_after,
+        )
+    else:
+        report = collect(
+            socket_dir,
+            found,
+            timeout=timeout,
+            pid=pid,
+            options=options,
+            slow_after=slow_after,
+        )
     if pid is not None and not report["processes"]:
         raise InstanceNotFound(f"no process {pid} in server instance {found}.")
     return report
@@ -172,6 +225,8 @@ def dump(
     timeout: float = 2.0,
     show_locals: bool = False,
     slow_after: float = SLOW_AFTER,
+    samples: int = 1,
+    interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
@@ -186,6 +241,8 @@ def dump(
             timeout=timeout,
             show_locals=show_locals,
             slow_after=slow_after,
+            samples=samples,
+            interval=interval,
         )
     except InstanceNotFound as err:
         print(f"Error: {err}", file=sys.stderr)
@@ -207,7 +264,12 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
     try:
         options = _parse(sys.argv[1:] if argv is None else argv)
     except _Usage as err:
-        usage = USAGE.format(prog=prog_name)
+        usage = USAGE.format(
+            prog=prog_name,
+            max_samples=MAX_SAMPLES,
+            interval=DEFAULT_INTERVAL,
+            max_interval=MAX_INTERVAL,
+        )
         if not str(err):
             sys.stdout.write(usage)
             raise SystemExit(EXIT_OK) from None
@@ -228,5 +290,7 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             timeout=options["timeout"],
             show_locals=options["show_locals"],
             slow_after=options["slow_after"],
+            samples=options["samples"],
+            interval=options["interval"],
         )
     )

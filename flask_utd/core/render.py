@@ -72,6 +72,9 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
             )
             if item.get("request_id"):
                 lines.append(f"            request id {item['request_id']}")
+            moved = _moved_text(item.get("moved"), item.get("same_line_s"))
+            if moved:
+                lines.append(f"            {moved}")
             lines.append(f"            at {_frame_line(item.get('app_frame'))}")
     else:
         lines.append(f"No stuck requests{older}.")
@@ -124,6 +127,21 @@ def _state_line(thread: Thread, names: dict[int, str]) -> str | None:
     return ", ".join(parts)
 
 
+def _moved_text(moved: bool | None, same_line_s: float | None) -> str | None:
+    """What the samples say of a thread: ``None`` without samples."""
+    if moved is None:
+        return None
+    if moved:
+        return "moved between samples"
+    return f"did not move between samples, on the same line for {_seconds(same_line_s)}"
+
+
+def _unmoved_request_first(thread: Mapping[str, Any]) -> bool:
+    """Sort key: a thread serving a request that did not move across samples
+    first (``False`` sorts first); without samples, every thread alike."""
+    return not (thread.get("request") and thread.get("moved") is False)
+
+
 def _request_line(request: Request) -> str:
     text = f"Serving: {request['method']} {request['path']}"
     if request.get("endpoint"):
@@ -163,6 +181,12 @@ def render_text(report: Report) -> str:
         from .summary import summarize
 
         summary = summarize(report, 5.0)
+    samples = report.get("samples")
+    if samples:
+        lines.append(
+            f"{_plural(samples['count'], 'sample')} {samples['interval_s']:g} s apart;"
+            " the last one is shown, each thread says whether it moved"
+        )
     lines.extend(_summary_lines(report, summary))
     lines.append("")
     lines.append("Full dump:")
@@ -178,7 +202,7 @@ def render_text(report: Report) -> str:
             for note in locals_entry.get("notes") or ():
                 lines.append(f"    Locals incomplete: {note}")
         names = {t["ident"]: t["name"] for t in process["threads"]}
-        for thread in process["threads"]:
+        for thread in sorted(process["threads"], key=_unmoved_request_first):
             lines.append("")
             lines.append(_thread_title(thread))
             request = thread.get("request")
@@ -187,6 +211,9 @@ def render_text(report: Report) -> str:
             state = _state_line(thread, names)
             if state:
                 lines.append(state)
+            moved = _moved_text(thread.get("moved"), thread.get("same_line_s"))
+            if moved:
+                lines.append(f"Samples: {moved}")
             lines.append("Stack (most recent call last):")
             for frame in thread["frames"]:
                 lines.append(
@@ -263,9 +290,9 @@ def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _requests_in_progress(
     processes: list[dict[str, Any]], stuck: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Every request being served, from the threads themselves; those the
-    summary lists as stuck (``stuck_requests``) marked and first, then the
-    oldest."""
+    """Every request being served, from the threads themselves: those that did
+    not move across samples first, then those the summary lists as stuck
+    (``stuck_requests``), marked, then the oldest."""
     stuck_by_key = {(r.get("pid"), r.get("ident")): r for r in stuck}
     found = []
     for process in processes:
@@ -283,12 +310,16 @@ def _requests_in_progress(
                     "method": request.get("method"),
                     "path": request.get("path"),
                     "elapsed_s": request.get("elapsed_s"),
+                    "moved": thread.get("moved"),
+                    "same_line_s": thread.get("same_line_s"),
                     "stuck": listed is not None,
                     "app_frame": (listed or {}).get("app_frame")
                     or _app_frame(thread["frames"]),
                 }
             )
-    found.sort(key=lambda r: (not r["stuck"], -(r["elapsed_s"] or 0)))
+    found.sort(
+        key=lambda r: (r["moved"] is not False, not r["stuck"], -(r["elapsed_s"] or 0))
+    )
     return found
 
 
@@ -339,9 +370,12 @@ def page_context(report: Report) -> dict[str, Any]:
                     "inner": frames[-1] if frames else None,
                 }
             )
-        # Request threads first, then the others; the agents and the threads
-        # making this dump last.
-        threads.sort(key=lambda t: (t["noise"], not t["serving"]))
+        # Request threads first (those that did not move across samples before
+        # the others), then the others; the agents and the threads making this
+        # dump last.
+        threads.sort(
+            key=lambda t: (t["noise"], not t["serving"], _unmoved_request_first(t))
+        )
         shown.append(
             {
                 **process,
@@ -358,4 +392,5 @@ def page_context(report: Report) -> dict[str, Any]:
         "threads_by_state": sorted(by_state.items(), key=_state_key),
         "requests": _requests_in_progress(shown, summary.get("stuck_requests") or []),
         "processes": shown,
+        "samples": report.get("samples"),
     }

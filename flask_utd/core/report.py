@@ -86,8 +86,13 @@ class Thread(_ThreadRequired, total=False):
     wchan: str | None
     lock_owner: int | None
     frames_truncated: int
-    #: With samples (``--samples``): whether the stack moved between them.
+    #: With samples (``--samples``): whether the stack moved between them;
+    #: ``None`` for a thread seen in one sample only.
     moved: bool | None
+    #: With samples: for how many seconds the samples found the thread on the
+    #: same innermost line, up to the last one (a lower bound); ``None`` for a
+    #: thread seen in one sample only.
+    same_line_s: float | None
     #: ``"faulthandler"`` for a thread read by the fallback.
     source: str
 
@@ -129,6 +134,8 @@ class Report(_ReportRequired, total=False):
     #: Live children of the master that are not in the report.
     unlisted: list[dict[str, int]]
     summary: dict[str, Any]
+    #: With samples (``--samples``): ``{"count": N, "interval_s": S}``.
+    samples: dict[str, Any]
 
 
 def process_entry(

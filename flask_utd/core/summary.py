@@ -65,7 +65,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     :param slow_after: requests older than this many seconds are stuck
         (``UTD_SLOW_REQUEST``).
     :returns: ``processes``, ``answered``, ``threads_by_state``,
-        ``stuck_requests`` (oldest first) and ``stack_groups`` (largest first).
+        ``stuck_requests`` (those that did not move across samples first, then
+        the oldest) and ``stack_groups`` (largest first).
     """
     processes = report.get("processes") or []
     by_state: Counter[str] = Counter()
@@ -93,6 +94,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                         "started_at": request.get("started_at"),
                         "elapsed_s": request.get("elapsed_s"),
                         "wait": thread.get("wait"),
+                        "moved": thread.get("moved"),
+                        "same_line_s": thread.get("same_line_s"),
                         "app_frame": app_frame(frames),
                     }
                 )
@@ -117,7 +120,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "name": thread.get("name"),
                 }
             )
-    stuck.sort(key=lambda s: -(s["elapsed_s"] or 0))
+    # A request whose thread did not move across samples is the likeliest stuck.
+    stuck.sort(key=lambda s: (s["moved"] is not False, -(s["elapsed_s"] or 0)))
     stack_groups = sorted(groups.values(), key=lambda g: -g["count"])
     for group in stack_groups:
         group["processes"] = len(group.pop("_pids"))

@@ -28,6 +28,9 @@ from ..core.errors import EXIT_OK
 from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
 from ..core.errors import EXIT_USAGE
 from ..core.errors import InstanceNotFound
+from ..core.samples import DEFAULT_INTERVAL
+from ..core.samples import MAX_INTERVAL
+from ..core.samples import MAX_SAMPLES
 
 if TYPE_CHECKING:
     from flask import Blueprint
@@ -49,12 +52,16 @@ def run_dump(
     timeout: float = 2.0,
     show_locals: bool = False,
     slow_after: float = 5.0,
+    samples: int = 1,
+    interval: float = 1.0,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
     :param slow_after: requests older than this are listed first, as stuck.
+    :param samples: take that many dumps ``interval`` seconds apart, and say of
+        every thread whether it moved between them.
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, or no process ``pid``.
     """
@@ -68,6 +75,8 @@ def run_dump(
             timeout=timeout,
             show_locals=show_locals,
             slow_after=slow_after,
+            samples=samples,
+            interval=interval,
         )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
@@ -134,6 +143,20 @@ _dump_options = [
         type=click.FloatRange(min=0, min_open=True, max=60),
         help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
+    click.option(
+        "--samples",
+        type=click.IntRange(min=1, max=MAX_SAMPLES),
+        default=1,
+        show_default=True,
+        help="Take N dumps and say of every thread whether it moved between them.",
+    ),
+    click.option(
+        "--interval",
+        type=click.FloatRange(min=0, min_open=True, max=MAX_INTERVAL),
+        default=DEFAULT_INTERVAL,
+        show_default=True,
+        help="Seconds between samples.",
+    ),
 ]
 
 
@@ -156,6 +179,8 @@ def register(bp: Blueprint) -> None:
         timeout: float | None,
         show_locals: bool,
         slow_after: float | None,
+        samples: int,
+        interval: float,
     ) -> None:
         """Print a thread dump of every process of the running server."""
         settings = current_app.extensions["utd"].settings
@@ -174,6 +199,8 @@ def register(bp: Blueprint) -> None:
                 slow_after=(
                     settings.slow_request if slow_after is None else slow_after
                 ),
+                samples=samples,
+                interval=interval,
             ),
             testing=current_app.testing,
         )

@@ -74,12 +74,39 @@ def _choose_format() -> str | None:
     return {v: k for k, v in FORMATS.items()}[best]
 
 
+def _sampling() -> tuple[int, float] | str:
+    """``?samples=N&interval=S``, bounded so that a URL holds the worker that
+    serves it for a few seconds at most; or why they are refused."""
+    from ..core.samples import DEFAULT_INTERVAL
+    from ..core.samples import URL_MAX_INTERVAL
+    from ..core.samples import URL_MAX_SAMPLES
+
+    samples = request.args.get("samples", "1")
+    if not samples.isdigit() or not 1 <= int(samples) <= URL_MAX_SAMPLES:
+        return (
+            f"samples must be a whole number from 1 to {URL_MAX_SAMPLES} (use `flask"
+            " utd dump --samples N` for more)"
+        )
+    try:
+        interval = float(request.args.get("interval", DEFAULT_INTERVAL))
+    except ValueError:
+        interval = math.nan
+    if not 0 < interval <= URL_MAX_INTERVAL:
+        return (
+            "interval must be a number of seconds above 0 and at most"
+            f" {URL_MAX_INTERVAL:g}"
+        )
+    return int(samples), interval
+
+
 def dump() -> Response:
     """The thread dump of every process of this server instance.
 
     Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
     403 with a JSON error when it is missing, malformed, tampered with or
-    expired, and then nothing is collected.
+    expired, and then nothing is collected. ``?samples=N&interval=S`` (at most
+    5 samples, 2 s apart) takes N dumps and says of every thread whether it
+    moved between them; 400 beyond those bounds.
     """
     from ..core import collector
     from .signing import MAX_TOKEN_CHARS
@@ -97,6 +124,10 @@ def dump() -> Response:
     fmt = _choose_format()
     if fmt is None:
         return _error(400, f"format must be one of {', '.join(FORMATS)}")
+    sampling = _sampling()
+    if isinstance(sampling, str):
+        return _error(400, sampling)
+    samples, interval = sampling
     lock = _collecting
     if not lock.acquire(timeout=COLLECT_WAIT):
         retry = math.ceil(settings.timeout + collector.MARGIN)
@@ -108,14 +139,25 @@ def dump() -> Response:
         )
     try:
         place = current_place()
-        report = collector.collect(
-            settings.socket_dir,
-            place.instance,
-            timeout=settings.timeout,
-            roster=roster(),
-            slow_after=settings.slow_request,
-            # Never locals: a leaked URL must not show the values in frames.
-        )
+        # Never locals: a leaked URL must not show the values in frames.
+        if samples > 1:
+            report = collector.collect_samples(
+                settings.socket_dir,
+                place.instance,
+                samples=samples,
+                interval=interval,
+                timeout=settings.timeout,
+                roster=roster(),
+                slow_after=settings.slow_request,
+            )
+        else:
+            report = collector.collect(
+                settings.socket_dir,
+                place.instance,
+                timeout=settings.timeout,
+                roster=roster(),
+                slow_after=settings.slow_request,
+            )
     finally:
         lock.release()
     return _represent(report, fmt)
