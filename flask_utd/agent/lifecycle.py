@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from ..core import marks
 from ..core import sockets
 from ..core.fallback import FH_SUFFIX
+from ..core.watchlog import STALLED_SUFFIX
+from ..core.watchlog import stalled_path
 from . import faultdump
 from . import forks
+from . import watchdog
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .server import AgentServer
@@ -66,10 +69,11 @@ def _cleanup() -> None:
     pid = os.getpid()
     for agent in list(_agents.values()):
         if agent.pid == pid:
-            try:
-                os.unlink(agent.path)
-            except OSError:
-                pass
+            for path in (agent.path, stalled_path(os.path.dirname(agent.path), pid)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
     faultdump.unregister()
 
 
@@ -94,7 +98,12 @@ def sweep(directory: str) -> None:
             base, ext = os.path.splitext(base.split(".", 1)[0] + sockets.SOCKET_SUFFIX)
         if not base.isdigit() or int(base) == me:
             continue
-        if ext in (sockets.SOCKET_SUFFIX, sockets.UNSAFE_SUFFIX, FH_SUFFIX):
+        if ext in (
+            sockets.SOCKET_SUFFIX,
+            sockets.UNSAFE_SUFFIX,
+            FH_SUFFIX,
+            STALLED_SUFFIX,
+        ):
             if not sockets.pid_alive(int(base)):
                 try:
                     os.unlink(os.path.join(directory, name))
@@ -190,7 +199,9 @@ def start_agent(
 
 
 def stop_agents() -> None:
-    """Stop this process's agents and remove their sockets (used by tests)."""
+    """Stop this process's agents and its watchdog, and remove their sockets
+    (used by tests)."""
+    watchdog.stop_watchdog()
     with _lock:
         pid = os.getpid()
         for path, agent in list(_agents.items()):

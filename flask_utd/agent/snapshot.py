@@ -234,6 +234,31 @@ def thread_reports(
     return threads, locals_entry
 
 
+def stack_report(ident: int) -> Thread | None:
+    """The entry of the one stack with ``ident`` (a thread's ident; a greenlet's
+    id, once a source of greenlets says so), or ``None`` when no source has it.
+
+    The watchdog's capture of one request: built by the sources and the same
+    entry code as a whole dump, for that stack only. The same rule as for
+    :func:`thread_reports` holds: never where :func:`ghost_threads` finds any.
+    """
+    context = SnapshotContext(
+        now=time.monotonic(),
+        thread_frames=current_frames(),
+        me=threading.get_ident(),
+        only=ident,
+    )
+    try:
+        for source in sources():
+            for stack in source(context).stacks:
+                if stack.ident == ident:
+                    entry, _objects = _entry(stack, {}, {}, True)
+                    return entry
+    finally:
+        del context  # the frames keep every local of every thread alive
+    return None
+
+
 def process_report(
     *,
     role: str,

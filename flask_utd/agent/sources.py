@@ -67,6 +67,9 @@ class SnapshotContext:
     thread_frames: dict[int, FrameType]
     #: The ident of the thread taking the snapshot.
     me: int
+    #: Only the stack with this ident is wanted (the watchdog's capture of one
+    #: request): a source may skip the others, and the snapshot drops them.
+    only: int | None = None
 
 
 class StackSource(Protocol):

@@ -69,6 +69,9 @@ def thread_stacks(context: SnapshotContext) -> Found:
     main_native = _main_native_id()
     own = marks.marked()
     current = context.thread_frames
+    if context.only is not None:
+        frame = current.get(context.only)
+        current = {} if frame is None else {context.only: frame}
     kept = _kept(current, set(own))
     found = Found([], 0 if kept is None else len(current) - len(kept))
     for ident, frame in current.items():

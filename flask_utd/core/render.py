@@ -256,6 +256,7 @@ OWN_STATES = {
     "agent": "flask-utd agent",
     "admin": "flask-utd admin listener",
     "collector": "collecting this dump",
+    "watchdog": "flask-utd watchdog",
 }
 
 

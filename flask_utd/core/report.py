@@ -24,8 +24,9 @@ Role = Literal["master", "worker", "process", "mule", "spooler"]
 #: What an entry of ``threads`` is: an OS thread, or a greenlet run by one.
 Kind = Literal["thread", "greenlet"]
 #: What flask-utd's own threads do (``"own"``): answer dumps, serve the admin
-#: listener, or collect a dump (the thread of ``GET /_utd/dump``, the CLI).
-Own = Literal["agent", "admin", "collector"]
+#: listener, collect a dump (the thread of ``GET /_utd/dump``, the CLI), or
+#: watch for stuck requests.
+Own = Literal["agent", "admin", "collector", "watchdog"]
 
 #: Every status, in the order a reader cares about them.
 STATUSES: tuple[Status, ...] = ("ok", "timeout", "refused", "stale", "unsafe", "error")

@@ -4,6 +4,7 @@ in each worker (the hooks themselves, and how to install them, are there)."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..core import fallback
 from ..core import sockets
+from ..core import watchlog
 from ..core.config import Settings
 from ..core.config import load_settings
 from .place import Place
@@ -25,7 +27,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_utd")
 
 #: What the hooks read from the environment when the arbiter has no app.
-ENVIRONMENT_KEYS = ("UTD_ADMIN_LISTEN", "UTD_SECRET_KEY")
+ENVIRONMENT_KEYS = (
+    "UTD_ADMIN_LISTEN",
+    "UTD_SECRET_KEY",
+    "UTD_WATCHDOG",
+    "UTD_WATCHDOG_FORMAT",
+)
+#: Those read as JSON when they parse (``12``, ``null``), as Flask's
+#: ``from_prefixed_env`` does; as text otherwise (``auto``).
+_JSON_KEYS = ("UTD_WATCHDOG",)
 
 
 def _settings() -> list[Settings]:
@@ -40,7 +50,18 @@ def _settings() -> list[Settings]:
 
 
 def _environment() -> dict[str, Any]:
-    return {key: os.environ[key] for key in ENVIRONMENT_KEYS if os.environ.get(key)}
+    found: dict[str, Any] = {}
+    for key in ENVIRONMENT_KEYS:
+        value = os.environ.get(key)
+        if not value:
+            continue
+        if key in _JSON_KEYS:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        found[key] = value
+    return found
 
 
 def _start_admin(
@@ -86,6 +107,7 @@ def _remove_files(server: Any, pid: int) -> None:
             sockets.socket_path(settings.socket_dir, str(server.pid), pid),
             sockets.unsafe_note_path(settings.socket_dir, str(server.pid), pid),
             fallback.fh_path(directory, pid),
+            watchlog.stalled_path(directory, pid),
         ):
             try:
                 os.unlink(path)
@@ -99,7 +121,7 @@ def when_ready(server: Any, admin_app: Callable[[Settings], Flask]) -> None:
     """gunicorn hook, in the arbiter once it listens: start the arbiter's agent,
     and the admin listener, serving ``admin_app(settings)``."""
     here = Place("master", None, str(server.pid))
-    set_place(here, arbiter=server)
+    set_place(here, arbiter=server, kill_after=server.cfg.timeout)
     for settings in _settings():
         start_for_place(settings, here)
         if settings.admin_listen is not None:
@@ -117,13 +139,15 @@ def post_fork(server: Any, worker: Any) -> None:
     """gunicorn hook, in the worker right after the fork."""
     worker_id = getattr(worker, "utd_worker_id", None) or worker.age
     here = Place("worker", worker_id, str(server.pid))
-    set_place(here)
+    set_place(here, kill_after=server.cfg.timeout, served=lambda: worker.nr)
     # Started now, not when the worker has loaded the app: a dump taken while a
     # new worker imports the app (a respawn without --preload) shows it doing so
     # instead of leaving it out. An app whose UTD_SOCKET_DIR differs from the
-    # hooks' gets a second agent there when it is loaded.
+    # hooks' gets a second agent there when it is loaded. The watchdog waits for
+    # the app's own settings when the arbiter has none (no --preload).
+    preloaded = bool(loaded_settings())
     for settings in _settings():
-        start_for_place(settings, here)
+        start_for_place(settings, here, watchdog=preloaded)
 
 
 def child_exit(server: Any, worker: Any) -> None:
