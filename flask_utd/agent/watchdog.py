@@ -73,8 +73,9 @@ THREAD_NAME = "utd-watchdog"
 #: one half, for a look that comes late.
 SAMPLE_AT = 0.4
 #: The longest the master waits for a busy worker's agent to answer ``info``
-#: before it takes the worker for stuck (at most ``UTD_TIMEOUT``).
-PROBE_TIMEOUT = 1.0
+#: before it takes the worker for stuck (at most ``UTD_TIMEOUT``): an agent
+#: answers in milliseconds unless a thread holds the GIL.
+PROBE_TIMEOUT = 0.5
 #: The time the master gives faulthandler to write a stuck worker's stacks.
 FALLBACK_TIMEOUT = 0.5
 

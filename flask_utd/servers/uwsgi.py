@@ -91,7 +91,10 @@ class BusyWorkers:
     """
 
     def __init__(self) -> None:
-        self._last: float | None = None
+        # A worker first seen busy may have been so since the previous look (or
+        # since the master started): the earliest it can have started. The
+        # watchdog bounds that with the worker's own notice.
+        self._last = time.monotonic()
         #: pid -> (requests served, busy since or None)
         self._seen: dict[int, tuple[int, float | None]] = {}
 
@@ -100,8 +103,7 @@ class BusyWorkers:
 
         uwsgi = uwsgi_module()
         now = time.monotonic()
-        previous = now if self._last is None else self._last
-        self._last = now
+        previous, self._last = self._last, now
         found: dict[int, WorkerBusy] = {}
         seen: dict[int, tuple[int, float | None]] = {}
         for worker in uwsgi.workers() if uwsgi is not None else ():
