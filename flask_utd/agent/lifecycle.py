@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from ..core import marks
 from ..core import sockets
 from ..core.fallback import FH_SUFFIX
-from ..core.watchlog import STALLED_SUFFIX
-from ..core.watchlog import stalled_path
 from . import faultdump
 from . import forks
 from . import watchdog
@@ -69,7 +67,8 @@ def _cleanup() -> None:
     pid = os.getpid()
     for agent in list(_agents.values()):
         if agent.pid == pid:
-            for path in (agent.path, stalled_path(os.path.dirname(agent.path), pid)):
+            directory = os.path.dirname(agent.path)
+            for path in (agent.path, sockets.stalled_note_path(directory, pid)):
                 try:
                     os.unlink(path)
                 except OSError:
@@ -102,7 +101,7 @@ def sweep(directory: str) -> None:
             sockets.SOCKET_SUFFIX,
             sockets.UNSAFE_SUFFIX,
             FH_SUFFIX,
-            STALLED_SUFFIX,
+            sockets.STALLED_SUFFIX,
         ):
             if not sockets.pid_alive(int(base)):
                 try:

@@ -53,9 +53,6 @@ from dataclasses import field
 
 from ..core import marks
 from ..core import sockets
-from ..core import watchlog
-from ..core import wire
-from ..core.fallback import fallback_stacks
 from ..core.report import Thread
 from ..core.samples import StackKey
 from ..core.samples import compare
@@ -385,6 +382,8 @@ class Watchdog:
         self._reported[ident] = _Reported(watched, entry, trace, age, silent)
         if silent:
             return
+        from ..core import watchlog  # a worker loads it when it writes a record
+
         moved, same_line = compare(suspect.samples)
         watchlog.emit(
             watchlog.stuck_record(
@@ -407,7 +406,7 @@ class Watchdog:
         """Whether the master reported this thread's request through faulthandler
         (while a thread of this process held the GIL)."""
         try:
-            with open(watchlog.stalled_path(self.directory, self.pid)) as f:
+            with open(sockets.stalled_note_path(self.directory, self.pid)) as f:
                 note = json.load(f)
             return bool(ident in note["idents"] and note["at"] >= started)
         except (OSError, ValueError, KeyError, TypeError):
@@ -425,6 +424,8 @@ class Watchdog:
                 del tracking._watched[ident]
             if reported.silent:
                 continue
+            from ..core import watchlog
+
             watchlog.emit(
                 watchlog.ended_record(
                     pid=self.pid,
@@ -469,6 +470,8 @@ class Watchdog:
     def _answers(self, pid: int) -> bool:
         """Whether the agent of worker ``pid`` answers ``info`` in time: then its
         own watchdog runs too, and reports what it finds itself."""
+        from ..core import wire  # only in a master, only when a worker is busy
+
         path = sockets.socket_path(self.socket_dir, self.instance, pid)
         try:
             wire.call(path, time.monotonic() + self.probe_timeout, "info")
@@ -482,6 +485,8 @@ class Watchdog:
     def _capture_worker(
         self, pid: int, awake: _Awake, since: float, started: float, now: float
     ) -> None:
+        from ..core.fallback import fallback_stacks
+
         threads, note = fallback_stacks(
             self.directory, pid, time.monotonic() + FALLBACK_TIMEOUT
         )
@@ -489,6 +494,8 @@ class Watchdog:
         chosen = _request_threads(threads or [])
         self._leave_note(pid, [t["ident"] for t in chosen], now)
         fmt = "json" if awake.json else "text"
+        from ..core import watchlog
+
         # No stacks (faulthandler wrote nothing): one record all the same.
         targets: list[Thread | None] = list(chosen) or [None]
         for thread in targets:
@@ -506,7 +513,7 @@ class Watchdog:
             )
 
     def _leave_note(self, pid: int, idents: list[int], now: float) -> None:
-        path = watchlog.stalled_path(self.directory, pid)
+        path = sockets.stalled_note_path(self.directory, pid)
         try:
             fd = os.open(
                 f"{path}.new",
@@ -522,9 +529,11 @@ class Watchdog:
     def _unstalled(self, pid: int, awake: _Awake, busy: float, *, gone: bool) -> None:
         awake.reported = None
         try:
-            os.unlink(watchlog.stalled_path(self.directory, pid))
+            os.unlink(sockets.stalled_note_path(self.directory, pid))
         except OSError:
             pass
+        from ..core import watchlog
+
         watchlog.emit(
             watchlog.unstalled_record(
                 pid=pid,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from .render import short_file
 from .report import Frame
 
 #: The logger every record goes to.
@@ -34,20 +32,11 @@ LOGGER_NAME = "flask_utd.watchdog"
 #: ``event.name`` of a stuck request, and of its end.
 STUCK = "flask_utd.watchdog.stuck"
 ENDED = "flask_utd.watchdog.ended"
-#: What the master writes in the instance directory when it has reported a
-#: worker through faulthandler (``<pid>.stalled``): that worker's own watchdog
-#: then stays silent about the same request.
-STALLED_SUFFIX = ".stalled"
 #: Frames named in the one-line body, innermost first.
 BODY_FRAMES = 3
 
 # OpenTelemetry's SeverityNumber for Python's levels (log data model).
 _SEVERITY = {logging.WARNING: 13, logging.INFO: 9}
-
-
-def stalled_path(directory: str, pid: int) -> str:
-    """The note that the master reported worker ``pid`` through faulthandler."""
-    return os.path.join(directory, f"{pid}{STALLED_SUFFIX}")
 
 
 @dataclass
@@ -66,6 +55,8 @@ class WatchdogRecord:
     def text(self) -> str:
         """The readable block: the body, then the details and the stack,
         innermost frame first."""
+        from .render import short_file
+
         lines = [self.body, *(f"  {line}" for line in self.details)]
         if self.frames:
             lines.append("  stack, innermost first:")
@@ -114,6 +105,9 @@ def _stacktrace(frames: Sequence[Frame]) -> str | None:
 
 
 def _innermost(frames: Sequence[Frame], count: int = BODY_FRAMES) -> str:
+    # Imported when a record is written: a worker need not carry the renderings.
+    from .render import short_file
+
     parts = [
         f"{f['function']} ({short_file(f['file'])}:{f['line']})"
         for f in reversed(frames[-count:])

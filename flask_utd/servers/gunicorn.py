@@ -13,7 +13,6 @@ from typing import Any
 
 from ..core import fallback
 from ..core import sockets
-from ..core import watchlog
 from ..core.config import Settings
 from ..core.config import load_settings
 from .place import Place
@@ -107,7 +106,7 @@ def _remove_files(server: Any, pid: int) -> None:
             sockets.socket_path(settings.socket_dir, str(server.pid), pid),
             sockets.unsafe_note_path(settings.socket_dir, str(server.pid), pid),
             fallback.fh_path(directory, pid),
-            watchlog.stalled_path(directory, pid),
+            sockets.stalled_note_path(directory, pid),
         ):
             try:
                 os.unlink(path)
