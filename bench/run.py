@@ -60,6 +60,8 @@ WSGI_ROUNDS = 2 if SMOKE else 100
 CLIENTS = 2
 #: (e): how long the agent is watched while idle.
 IDLE_SECONDS = 2.0 if SMOKE else 60.0
+#: (b): requests of each kind whose CPU time, in the whole server, is added up.
+CPU_REQUESTS = 2 if SMOKE else 60
 #: (e): the watchdog's threshold (UTD_WATCHDOG) in the servers of (d) and (e),
 #: and how long the in-process measure of its wake-ups sends requests.
 WATCHDOG_SECONDS = 1.0
@@ -500,6 +502,130 @@ def bench_round_trips(
             else "",
         )
     )
+    bench_scrape(table, socket_dir, server, workers)
+
+
+def bench_scrape(
+    table: Table, socket_dir: str, server: UwsgiServer, workers: int
+) -> None:
+    """(b) what a Prometheus scrape (``GET /_utd/metrics``, the agents' ``stats``)
+    costs against a full dump: in the benchmark's process, alternating, and in
+    the whole server (its CPU time per request, over :data:`CPU_REQUESTS`
+    requests of each, served by a free worker)."""
+    try:
+        from flask_utd.core.collector import collect
+        from flask_utd.core.collector import collect_stats
+    except ImportError:
+        return  # a version without metrics
+    instance = str(server.pid)
+    scrape: list[float] = []
+    whole: list[float] = []
+    for _ in range(REPS):
+        started = time.perf_counter()
+        stats = collect_stats(socket_dir, instance)
+        scrape.append(time.perf_counter() - started)
+        assert [p["status"] for p in stats["processes"]] == ["ok"] * (workers + 1)
+        started = time.perf_counter()
+        collect(socket_dir, instance)
+        whole.append(time.perf_counter() - started)
+    sc, wh = statistics.median(scrape), statistics.median(whole)
+    label = f"master + {workers} worker(s)"
+    table.add(
+        Row(
+            "b",
+            f"{label}: collector.collect_stats (metrics, in process)",
+            ms(sc),
+            f"collector.collect {ms(wh)}",
+            sc / wh,
+        )
+    )
+    if workers == WORKER_COUNTS[-1]:
+        bench_answers(table)
+    if workers < 2:
+        return  # the one worker is stuck: nothing serves the app's port
+    paths = ("/_utd/metrics", "/_utd/dump")
+    # Untimed first: each worker imports what a scrape or a dump needs at its
+    # first one (prometheus_client, the collector, the renderings).
+    if any(signed_gets(server, path, 2 * workers) is None for path in paths):
+        return  # a version without metrics
+    cpu = {path: server_cpu_per_request(server, path) for path in paths}
+    # In the smoke run, two requests may fall within one clock tick: no ratio.
+    ratio = cpu["/_utd/metrics"] / cpu["/_utd/dump"] if cpu["/_utd/dump"] else None
+    table.add(
+        Row(
+            "b",
+            f"{label}: GET /_utd/metrics, server CPU per scrape",
+            ms(cpu["/_utd/metrics"]),
+            f"GET /_utd/dump {ms(cpu['/_utd/dump'])}",
+            ratio,
+            "<= 0.25x" if workers == 16 else "",
+            verdict(ratio, 0.25) if workers == 16 else "",
+        )
+    )
+
+
+def bench_answers(table: Table) -> None:
+    """(b) what the agent does for each question, without the connection: its
+    service's ``stats`` and ``dump`` called in the benchmark's own process
+    (a handful of threads, as in a worker)."""
+    from flask_utd.agent.service import AgentInfo
+    from flask_utd.agent.service import UTDService
+
+    service = UTDService(AgentInfo("worker", 1))
+    stats: list[float] = []
+    dump: list[float] = []
+    for _ in range(SNAPSHOT_REPS * 10):
+        started = time.perf_counter()
+        service.exposed_stats()
+        stats.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        service.exposed_dump("{}")
+        dump.append(time.perf_counter() - started)
+    st, du = statistics.median(stats), statistics.median(dump)
+    table.add(
+        Row(
+            "b",
+            "one process's answer alone, no connection: stats (info)",
+            f"{st * 1e6:.0f} us",
+            f"dump {du * 1e6:.0f} us",
+            st / du,
+        )
+    )
+
+
+def signed_gets(server: UwsgiServer, path: str, count: int) -> int | None:
+    """Send ``count`` signed ``GET path`` to ``server``, one after another;
+    ``None`` if the route does not exist."""
+    from flask_utd.ext.signing import make_token
+
+    assert server.port is not None
+    request = (
+        f"GET {path}?token={make_token(SECRET, 600)} HTTP/1.0\r\nHost: bench\r\n"
+        "Accept: application/json\r\n\r\n"
+    ).encode()
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+        status = answer.split(b"\r\n", 1)[0]
+        if b" 404 " in status:
+            return None
+        if b" 200 " not in status:
+            raise RuntimeError(f"{path} answered {answer[:200]!r}")
+    return count
+
+
+def server_cpu_per_request(server: UwsgiServer, path: str) -> float:
+    """The CPU time (user + system) of the master and every worker of
+    ``server`` per signed ``GET path``, over :data:`CPU_REQUESTS` requests one
+    after another."""
+    pids = [server.pid, *worker_pids(server.pid)]
+    before = sum(process_ticks(pid) for pid in pids)
+    signed_gets(server, path, CPU_REQUESTS)
+    ticks = sum(process_ticks(pid) for pid in pids) - before
+    return ticks / os.sysconf("SC_CLK_TCK") / CPU_REQUESTS
 
 
 def measure_endpoint(server: UwsgiServer, socket_dir: str) -> float | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .core.errors import ConfigError
 from .core.errors import InstanceNotFound
+from .core.errors import ReportError
 from .core.errors import SetupError
 from .core.errors import SocketDirError
 from .core.errors import UTDError
@@ -25,6 +26,7 @@ __all__ = [
     "UTD",
     "ConfigError",
     "InstanceNotFound",
+    "ReportError",
     "SetupError",
     "SocketDirError",
     "UTDError",

@@ -1,6 +1,6 @@
 """``python -m flask_utd dump --socket-dir DIR``: the lean entry point, no Flask.
 
-See :mod:`flask_utd.lean`: neither Flask, click nor RPyC is imported.
+See :mod:`flask_utd.core.lean`: neither Flask, click nor RPyC is imported.
 """
 
 from __future__ import annotations

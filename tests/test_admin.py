@@ -6,66 +6,28 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
 
 import pytest
+from flask import Flask
 
-from demo_app.server import UwsgiServer
 from flask_utd.ext.signing import make_token
-from tests.conftest import SUPPORTED
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from tests.helpers import SUPPORTED
+from tests.helpers import Servers
+from tests.helpers import admin_address
+from tests.helpers import report_of
+from tests.helpers import signed_path
+from tests.helpers import start_demo
+from tests.helpers import stick
+from tests.helpers import stuck_workers
+from tests.helpers import wait_for
+from tests.helpers import wait_stuck
 
 pytestmark = pytest.mark.uwsgi
-
-SECRET = "uwsgi-test-secret"
-OPTIONS = [
-    "--module",
-    "demo_app.app:app",
-    "--master",
-    "--workers",
-    "2",
-    "--die-on-term",
-]
-HOOKS = ["--py-call-uwsgi-fork-hooks"]
-_ADMIN = re.compile(r"admin listener of the uWSGI master \(pid \d+\) bound to (\S+)")
-
-
-def start(
-    servers: Servers,
-    *,
-    hooks: bool = True,
-    admin: str | None = None,
-    version: str | None = None,
-) -> UwsgiServer:
-    env = {"DEMO_SECRET_KEY": SECRET}
-    if admin is not None:
-        env["DEMO_UTD_ADMIN_LISTEN"] = admin
-    return servers.start(
-        need_uwsgi(version), OPTIONS + (HOOKS if hooks else []), env=env
-    )
-
-
-def admin_address(server: UwsgiServer) -> str:
-    """Where the master's admin listener listens, from the uWSGI log."""
-    match = wait_for(lambda: _ADMIN.search(server.log()), timeout=20)
-    return match.group(1)
-
-
-def signed_path(**args: str) -> str:
-    query = "&".join(
-        f"{k}={v}" for k, v in {"token": make_token(SECRET, 60), **args}.items()
-    )
-    return f"/_utd/dump?{query}"
 
 
 def get(
@@ -77,47 +39,6 @@ def get(
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
-
-
-def stick(server: UwsgiServer, n: int) -> None:
-    """Send ``n`` requests to ``/hello``, which sleeps for a minute."""
-
-    def hello() -> None:
-        try:
-            urllib.request.urlopen(server.url("/hello"), timeout=120).read()
-        except OSError:
-            pass  # the server is stopped under the request at the test's end
-
-    for _ in range(n):
-        threading.Thread(target=hello, daemon=True).start()
-
-
-def stuck_workers(report: dict[str, Any]) -> list[int]:
-    """Pids of the workers whose request thread is in ``hello``."""
-    return [
-        p["pid"]
-        for p in report["processes"]
-        if p["role"] == "worker"
-        and any(
-            t["frames"] and t["frames"][-1]["function"] == "hello" for t in p["threads"]
-        )
-    ]
-
-
-def wait_stuck(server: UwsgiServer, socket_dir: str, n: int) -> list[int]:
-    last: dict[str, Any] = {}
-
-    def stuck() -> list[int]:
-        last["report"] = report = report_of(server, socket_dir)
-        found = stuck_workers(report)
-        return found if len(found) == n else []
-
-    try:
-        return wait_for(stuck, timeout=30)
-    except AssertionError:
-        print(json.dumps(last.get("report"), indent=1))
-        print(server.log())
-        raise
 
 
 def listening_inode(port: int) -> str:
@@ -147,7 +68,7 @@ def socket_inodes(pid: int) -> set[str]:
 def test_admin_listener_answers_while_every_worker_is_stuck(
     servers: Servers, socket_dir: str, version: str
 ) -> None:
-    server = start(servers, admin="127.0.0.1:0", version=version)
+    server = start_demo(servers, admin="127.0.0.1:0", version=version)
     address = admin_address(server)
     assert address.startswith("127.0.0.1:")
     stick(server, 2)
@@ -192,7 +113,7 @@ def test_admin_listener_answers_while_every_worker_is_stuck(
 def test_no_worker_inherits_the_admin_listener(
     servers: Servers, socket_dir: str, version: str
 ) -> None:
-    server = start(servers, admin="127.0.0.1:0", version=version)
+    server = start_demo(servers, admin="127.0.0.1:0", version=version)
     port = int(admin_address(server).rsplit(":", 1)[1])
     inode = listening_inode(port)
     assert inode in socket_inodes(server.pid)
@@ -224,7 +145,7 @@ def test_no_worker_inherits_the_admin_listener(
 
 def test_admin_listener_on_a_unix_socket(servers: Servers, socket_dir: str) -> None:
     path = os.path.join(socket_dir, "admin.sock")
-    server = start(servers, admin=f"unix:{path}")
+    server = start_demo(servers, admin=f"unix:{path}")
     assert admin_address(server) == f"unix:{path}"
     wait_for(
         lambda: (
@@ -257,7 +178,7 @@ def test_without_fork_hooks_there_is_no_listener_and_the_log_says_why(
     servers: Servers, socket_dir: str
 ) -> None:
     path = os.path.join(socket_dir, "admin.sock")
-    server = start(servers, hooks=False, admin=f"unix:{path}")
+    server = start_demo(servers, hooks=False, admin=f"unix:{path}")
     wait_for(lambda: "UTD_ADMIN_LISTEN is set but" in server.log())
     assert "py-call-uwsgi-fork-hooks" in server.log()
     assert not os.path.exists(path)
@@ -267,7 +188,7 @@ def test_without_fork_hooks_there_is_no_listener_and_the_log_says_why(
 def test_the_apps_own_port_answers_when_a_worker_is_free(
     servers: Servers, socket_dir: str
 ) -> None:
-    server = start(servers)
+    server = start_demo(servers)
     stick(server, 1)
     (stuck,) = wait_stuck(server, socket_dir, 1)
     status, headers, body = get(server.url(signed_path()), Accept="application/json")
@@ -286,7 +207,7 @@ def test_the_apps_own_port_answers_when_a_worker_is_free(
     assert status == 403 and json.loads(body) == {"error": "missing token"}
 
 
-def test_admin_server_in_this_process_serves_only_utd(app) -> None:  # type: ignore[no-untyped-def]
+def test_admin_server_in_this_process_serves_only_utd(app: Flask) -> None:
     """The listener itself, without uWSGI: routes, and what a forked child keeps."""
     import warnings
 

@@ -9,30 +9,34 @@ import socket
 import stat
 import threading
 import warnings
+from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import rpyc
 
 from flask_utd import SocketDirError
+from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.rpc import connect
 from flask_utd.core.collector import collect
 from flask_utd.core.sockets import ensure_private_dir
-from tests.conftest import as_another_uid
-from tests.conftest import open_modes
+from tests.helpers import as_another_uid
+from tests.helpers import open_modes
 
 INSTANCE = "4242"
 
 
 @pytest.fixture
-def agent(socket_dir: str):  # type: ignore[no-untyped-def]
+def agent(socket_dir: str) -> Iterator[Agent]:
     a = start_agent(socket_dir, INSTANCE, role="process", worker_id=None)
     yield a
     stop_agents()
 
 
-def test_socket_and_directories_are_private(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
+def test_socket_and_directories_are_private(socket_dir: str, agent: Agent) -> None:
     for path in (socket_dir, os.path.dirname(agent.path)):
         st = os.lstat(path)
         assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
@@ -41,7 +45,7 @@ def test_socket_and_directories_are_private(socket_dir: str, agent) -> None:  # 
     assert agent.path.endswith(f"/{INSTANCE}/{os.getpid()}.sock")
 
 
-def test_agent_is_one_named_daemon_thread(agent) -> None:  # type: ignore[no-untyped-def]
+def test_agent_is_one_named_daemon_thread(agent: Agent) -> None:
     assert agent.thread.name == "utd-agent" and agent.thread.daemon
     assert agent.thread.is_alive()
     # Starting again in the same process is a no-op.
@@ -53,7 +57,7 @@ def test_agent_is_one_named_daemon_thread(agent) -> None:  # type: ignore[no-unt
     )
 
 
-def test_dump_is_taken_by_the_agent_thread(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
+def test_dump_is_taken_by_the_agent_thread(socket_dir: str, agent: Agent) -> None:
     report = collect(socket_dir, INSTANCE, timeout=5)
     (process,) = report["processes"]
     assert process["status"] == "ok" and process["pid"] == os.getpid()
@@ -70,21 +74,22 @@ def test_dump_is_taken_by_the_agent_thread(socket_dir: str, agent) -> None:  # t
     assert any(f["function"] == "collect" for f in me["frames"])
 
 
-def test_only_dump_and_info_are_reachable(agent) -> None:  # type: ignore[no-untyped-def]
+def test_only_dump_and_info_are_reachable(agent: Agent) -> None:
     import time
 
     conn = connect(agent.path, time.monotonic() + 5)
     try:
         root = conn.root
         assert json.loads(root.info())["pid"] == os.getpid()
-        for walk in (
+        walks: list[Callable[[], object]] = [
             lambda: root._agent,
             lambda: root.exposed_dump.__func__,
             lambda: root.dump.__globals__,
             lambda: root.exposed_info.__self__,
             lambda: root.__dict__,
             lambda: root._connect,
-        ):
+        ]
+        for walk in walks:
             with pytest.raises(AttributeError):
                 walk()
         with pytest.raises(AttributeError):
@@ -96,7 +101,7 @@ def test_only_dump_and_info_are_reachable(agent) -> None:  # type: ignore[no-unt
         conn.close()
 
 
-def test_a_classic_rpyc_client_gets_nothing(agent) -> None:  # type: ignore[no-untyped-def]
+def test_a_classic_rpyc_client_gets_nothing(agent: Agent) -> None:
     # pystuck's way in: the classic (slave) protocol. Refused at the first step.
     with pytest.raises(AttributeError, match="cannot access 'getmodule'"):
         rpyc.classic.unix_connect(agent.path)
@@ -117,7 +122,9 @@ def test_a_classic_rpyc_client_gets_nothing(agent) -> None:  # type: ignore[no-u
     assert report["processes"][0]["status"] == "ok"
 
 
-def test_another_uid_is_refused_even_with_open_modes(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
+def test_another_uid_is_refused_even_with_open_modes(
+    socket_dir: str, agent: Agent
+) -> None:
     """Through RPyC's own client; tests/test_wire.py does it through the
     collector's."""
     open_modes(socket_dir, agent.path)
@@ -134,7 +141,7 @@ def test_another_uid_is_refused_even_with_open_modes(socket_dir: str, agent) -> 
     assert "ANSWERED" not in out.stdout
 
 
-def test_socket_dir_of_another_user_or_open_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_socket_dir_of_another_user_or_open_is_refused(tmp_path: Path) -> None:
     open_dir = tmp_path / "open"
     open_dir.mkdir(mode=0o777)
     os.chmod(open_dir, 0o777)
@@ -155,7 +162,9 @@ def test_socket_dir_of_another_user_or_open_is_refused(tmp_path) -> None:  # typ
         assert not (theirs / INSTANCE).exists()
 
 
-def test_stale_socket_is_reported_once_and_removed(socket_dir: str, agent) -> None:  # type: ignore[no-untyped-def]
+def test_stale_socket_is_reported_once_and_removed(
+    socket_dir: str, agent: Agent
+) -> None:
     dead = os.path.join(os.path.dirname(agent.path), "999999.sock")
     s = socket.socket(socket.AF_UNIX)
     s.bind(dead)
@@ -163,7 +172,7 @@ def test_stale_socket_is_reported_once_and_removed(socket_dir: str, agent) -> No
     report = collect(socket_dir, INSTANCE)
     by_pid = {p["pid"]: p for p in report["processes"]}
     assert by_pid[999999]["status"] == "stale"
-    assert "removed" in by_pid[999999]["error"]
+    assert "removed" in (by_pid[999999]["error"] or "")
     assert not os.path.exists(dead)
     assert by_pid[os.getpid()]["status"] == "ok"
     assert [p["pid"] for p in collect(socket_dir, INSTANCE)["processes"]] == [

@@ -30,7 +30,7 @@ from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.rpc import connect
 from flask_utd.core.collector import collect
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 INSTANCE = "4343"
 HEADER = Channel.FRAME_HEADER

@@ -15,10 +15,10 @@ import pytest
 from demo_app.server import ROOT
 from demo_app.server import ini_without_address
 from flask_utd.core import sockets
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.uwsgi
 

@@ -12,7 +12,7 @@ import pytest
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import wire
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def _switches(tid: int) -> int:

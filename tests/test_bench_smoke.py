@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from demo_app.server import ROOT
-from tests.conftest import need_uwsgi
+from tests.helpers import need_uwsgi
 
 
 def test_bench_smoke_prints_its_table() -> None:
@@ -37,6 +37,8 @@ def test_bench_smoke_prints_its_table() -> None:
         "flask utd dump",
         "collector.collect",
         "GET /_utd/dump",
+        "collector.collect_stats",
+        "GET /_utd/metrics, server CPU per scrape",
         "snapshot",
         "requests/s with utd_bp",
         "RSS added per worker",

@@ -21,7 +21,8 @@ from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core.collector import collect
-from tests.conftest import wait_for
+from flask_utd.core.report import Process
+from tests.helpers import wait_for
 
 INSTANCE = "4444"
 
@@ -40,7 +41,7 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def dump(socket_dir: str) -> tuple[dict[str, Any], float]:
+def dump(socket_dir: str) -> tuple[Process, float]:
     started = time.perf_counter()
     report = collect(socket_dir, INSTANCE, timeout=10)
     elapsed = time.perf_counter() - started
@@ -159,6 +160,7 @@ def test_long_source_lines_are_cut(tmp_path: Path, release: threading.Event) -> 
     reports, _locals = snapshot.thread_reports()
     (mine,) = [t for t in reports if t["ident"] == thread.ident]
     frame = next(f for f in mine["frames"] if f["file"] == str(module))
-    assert len(frame["code"]) == snapshot.MAX_CODE_CHARS
-    assert frame["code"].endswith("...")
+    code = frame["code"]
+    assert code is not None and len(code) == snapshot.MAX_CODE_CHARS
+    assert code.endswith("...")
     assert os.path.basename(frame["file"]) == "longline.py"

@@ -28,15 +28,14 @@ from demo_app.server import UwsgiServer
 from demo_app.server import children
 from flask_utd.core import sockets
 from flask_utd.core.collector import collect
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import wait_for
+from tests.helpers import Gunicorns
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
 from tests.lifecycle import get
 from tests.lifecycle import layout
 from tests.lifecycle import no_crash
-from tests.test_gunicorn import Gunicorns
-from tests.test_gunicorn import gunicorns  # noqa: F401  (the fixture)
 
 KILL_EVERY = 3.0
 TIMEOUT = 2.0
@@ -151,7 +150,7 @@ def churn(
                 for p in processes:
                     if p["pid"] not in ok:
                         result.partial[p["status"]] += 1
-                        message = p["error"].replace(str(p["pid"]), "N")
+                        message = str(p["error"]).replace(str(p["pid"]), "N")
                         result.messages[message[:90]] += 1
             elif (before & after) <= reported | {u["pid"] for u in report["unlisted"]}:
                 # All that answered were ok, and a process born or dying during
@@ -224,7 +223,7 @@ def test_uwsgi_churn(servers: Servers, socket_dir: str) -> None:
     assert server.log().count("is done. Seeya!") > 0  # max-requests respawns
 
 
-def test_gunicorn_churn(gunicorns: Gunicorns, socket_dir: str) -> None:  # noqa: F811
+def test_gunicorn_churn(gunicorns: Gunicorns, socket_dir: str) -> None:
     seconds = float(os.environ.get("UTD_CHURN_GUNICORN_SECONDS", "10"))
     server = gunicorns.start(
         ["-w", "2", "--max-requests", "20", "tests.apps.plain:app"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from demo_app.server import ROOT
-from tests.conftest import need_uwsgi
+from tests.helpers import need_uwsgi
 
 
 def test_demo_once_shows_master_and_both_stuck_workers(socket_dir: str) -> None:

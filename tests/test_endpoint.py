@@ -14,14 +14,20 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
+from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd.core.formats import FORMATS
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Report
+from flask_utd.core.report import Request
 from flask_utd.core.sockets import ensure_private_dir
 from flask_utd.core.sockets import instance_dir
 from flask_utd.ext.signing import make_token
-from tests.conftest import wait_for
-from tests.test_token_matrix import MAX_AGE
-from tests.test_token_matrix import bad_tokens
+from tests.helpers import MAX_AGE
+from tests.helpers import bad_tokens
+from tests.helpers import wait_for
 
 SECRET = "test-secret"  # the app fixture's SECRET_KEY
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -57,7 +63,7 @@ class Listening:
 
 
 @pytest.fixture
-def listening(socket_dir: str, client) -> Iterator[Listening]:  # type: ignore[no-untyped-def]
+def listening(socket_dir: str, client: FlaskClient) -> Iterator[Listening]:
     # This process's agent starts at its first request and sweeps the files of
     # dead pids from the directory: start it before the probe is made.
     client.get("/")
@@ -72,8 +78,13 @@ def dump_url(token: str | None, **args: str) -> str:
 
 
 @pytest.mark.parametrize(("case", "token", "reason"), bad_tokens())
-def test_bad_tokens_get_403_and_no_collection(  # type: ignore[no-untyped-def]
-    app: Flask, client, listening: Listening, case: str, token: str | None, reason: str
+def test_bad_tokens_get_403_and_no_collection(
+    app: Flask,
+    client: FlaskClient,
+    listening: Listening,
+    case: str,
+    token: str | None,
+    reason: str,
 ) -> None:
     assert app.config["UTD_URL_MAX_AGE"] == MAX_AGE
     for accept in ("application/json", BROWSER):
@@ -84,14 +95,16 @@ def test_bad_tokens_get_403_and_no_collection(  # type: ignore[no-untyped-def]
     assert listening.connections() == 0
 
 
-def test_an_overlong_token_is_refused_unread(client, listening: Listening) -> None:  # type: ignore[no-untyped-def]
+def test_an_overlong_token_is_refused_unread(
+    client: FlaskClient, listening: Listening
+) -> None:
     response = client.get(dump_url("x" * 10_000))
     assert response.status_code == 403
     assert response.get_json() == {"error": "malformed token"}
     assert listening.connections() == 0
 
 
-def test_a_good_token_collects(client, listening: Listening) -> None:  # type: ignore[no-untyped-def]
+def test_a_good_token_collects(client: FlaskClient, listening: Listening) -> None:
     # The probe never answers: with UTD_TIMEOUT 2 s it is reported as a timeout.
     response = client.get(dump_url(make_token(SECRET, 60)))
     assert response.status_code == 200
@@ -124,7 +137,7 @@ def _get(client: Any, accept: str | None = None, **args: str) -> Any:
     return client.get(dump_url(make_token(SECRET, 60), **args), headers=headers)
 
 
-def test_json_is_the_flask_utd_1_report(client) -> None:  # type: ignore[no-untyped-def]
+def test_json_is_the_flask_utd_1_report(client: FlaskClient) -> None:
     for response in (
         _get(client),  # no Accept header
         _get(client, "*/*"),  # curl
@@ -147,7 +160,7 @@ def test_json_is_the_flask_utd_1_report(client) -> None:  # type: ignore[no-unty
         assert "Accept" in response.vary
 
 
-def test_text(client) -> None:  # type: ignore[no-untyped-def]
+def test_text(client: FlaskClient) -> None:
     for response in (_get(client, format="text"), _get(client, "text/plain")):
         assert response.status_code == 200
         assert response.mimetype == "text/plain"
@@ -157,7 +170,7 @@ def test_text(client) -> None:  # type: ignore[no-untyped-def]
         assert 'Thread "utd-agent"' in text
 
 
-def test_html_for_a_browser(client) -> None:  # type: ignore[no-untyped-def]
+def test_html_for_a_browser(client: FlaskClient) -> None:
     for response in (_get(client, BROWSER), _get(client, format="html")):
         assert response.status_code == 200
         assert response.mimetype == "text/html"
@@ -173,13 +186,13 @@ def test_html_for_a_browser(client) -> None:  # type: ignore[no-untyped-def]
         assert response.headers["Referrer-Policy"] == "no-referrer"
 
 
-def test_an_unknown_format_is_400(client) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_format_is_400(client: FlaskClient) -> None:
     response = _get(client, format="xml")
     assert response.status_code == 400
-    assert "json, text, html" in response.get_json()["error"]
+    assert ", ".join(FORMATS) in response.get_json()["error"]
 
 
-def test_html_escapes_what_threads_carry(client) -> None:  # type: ignore[no-untyped-def]
+def test_html_escapes_what_threads_carry(client: FlaskClient) -> None:
     """Thread names and source lines are untrusted text."""
     release = threading.Event()
 
@@ -220,7 +233,9 @@ def test_one_collection_at_a_time_else_429(app: Flask, listening: Listening) -> 
     assert app.test_client().get(dump_url(make_token(SECRET, 60))).status_code == 200
 
 
-def test_url_command_prints_a_url_the_endpoint_accepts(runner, client) -> None:  # type: ignore[no-untyped-def]
+def test_url_command_prints_a_url_the_endpoint_accepts(
+    runner: FlaskCliRunner, client: FlaskClient
+) -> None:
     result = runner.invoke(args=["utd", "url"])
     assert result.exit_code == 0, result.output
     path = result.output.strip()
@@ -243,8 +258,8 @@ def test_url_command_prints_a_url_the_endpoint_accepts(runner, client) -> None: 
 
 @pytest.mark.parametrize("expires", ["0", "-1", "301"])
 def test_url_command_refuses_a_lifetime_beyond_the_maximum(
-    runner, expires: str
-) -> None:  # type: ignore[no-untyped-def]
+    runner: FlaskCliRunner, expires: str
+) -> None:
     result = runner.invoke(args=["utd", "url", "--expires", expires])
     assert result.exit_code == 2
     assert "UTD_URL_MAX_AGE" in result.output
@@ -305,7 +320,7 @@ def test_a_forked_child_does_not_inherit_a_held_collection_lock() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def _frame(function: str, code: str, file: str = "/srv/app/views.py") -> dict[str, Any]:
+def _frame(function: str, code: str, file: str = "/srv/app/views.py") -> Frame:
     return {"file": file, "line": 7, "function": function, "code": code}
 
 
@@ -316,7 +331,7 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
 
     from flask_utd.core.render import page_context
 
-    request = {
+    request: Request = {
         "method": "POST",
         "path": "/orders",
         "endpoint": "orders",
@@ -325,7 +340,7 @@ def test_the_page_uses_summary_request_and_wait_when_present(app: Flask) -> None
         "elapsed_s": 12.34,
     }
     stack = [_frame("wsgi_app", "x = 1", "/venv/site-packages/flask/app.py")]
-    report = {
+    report: Report = {
         "schema": "flask-utd/1",
         "generated_at": "2026-01-01T00:00:12+00:00",
         "host": "h",

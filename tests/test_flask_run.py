@@ -16,7 +16,8 @@ import pytest
 
 from demo_app.server import ROOT
 from flask_utd.core.collector import collect
-from tests.conftest import wait_for
+from flask_utd.core.report import Process
+from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
 from tests.lifecycle import get
 
@@ -107,7 +108,7 @@ def test_one_agent_per_serving_process(
     caller = threading.Thread(target=_call, args=(server.url("/hello"),), daemon=True)
     caller.start()
 
-    def stuck() -> dict[str, object] | None:
+    def stuck() -> Process | None:
         report = collect(socket_dir, str(serving), timeout=5)
         (process,) = report["processes"]
         assert process["pid"] == serving and process["status"] == "ok"

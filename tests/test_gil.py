@@ -21,14 +21,15 @@ from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import fallback as faultdump
 from flask_utd.core.collector import collect
-from tests.conftest import SUPPORTED
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from flask_utd.core.report import Process
+from flask_utd.core.report import Report
+from tests.helpers import SUPPORTED
+from tests.helpers import Gunicorns
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 from tests.lifecycle import layout
-from tests.test_gunicorn import Gunicorns
-from tests.test_gunicorn import gunicorns  # noqa: F401  (the fixture)
 
 SIGNAL = faultdump.signal_for(5)
 _ROUTER = re.compile(r"spawned uWSGI http 1 \(pid: (\d+)\)")
@@ -154,7 +155,7 @@ def test_uwsgi_worker_holding_the_gil(
     caller.start()
     timeout = 1.0
 
-    def stuck_report() -> dict[str, Any] | None:
+    def stuck_report() -> Report | None:
         started = time.monotonic()
         report = report_of(server, socket_dir, timeout=timeout)
         elapsed = time.monotonic() - started
@@ -167,7 +168,7 @@ def test_uwsgi_worker_holding_the_gil(
     (stuck,) = [p for p in report["processes"] if p["status"] != "ok"]
     others = [p for p in report["processes"] if p["status"] == "ok"]
     assert {p["role"] for p in others} == {"master", "worker"}
-    assert stuck["status"] == "timeout" and "GIL" in stuck["error"]
+    assert stuck["status"] == "timeout" and "GIL" in (stuck["error"] or "")
     assert stuck["role"] == "worker" and stuck["worker_id"] in (1, 2)
     assert stuck["stacks_source"] == "faulthandler", stuck["error"]
     assert all(t["source"] == "faulthandler" for t in stuck["threads"])
@@ -231,7 +232,7 @@ def test_socket_dir_from_the_environment(
     assert load_settings({"SECRET_KEY": "k"}).socket_dir == socket_dir
 
 
-def test_gunicorn_worker_holding_the_gil(gunicorns: Gunicorns, socket_dir: str) -> None:  # noqa: F811
+def test_gunicorn_worker_holding_the_gil(gunicorns: Gunicorns, socket_dir: str) -> None:
     server = gunicorns.start(
         ["-w", "2", "tests.apps.plain:app"], env={"DEMO_GIL_SECONDS": "20"}
     )
@@ -241,7 +242,7 @@ def test_gunicorn_worker_holding_the_gil(gunicorns: Gunicorns, socket_dir: str) 
     caller.daemon = True
     caller.start()
 
-    def stuck() -> dict[str, Any] | None:
+    def stuck() -> Process | None:
         report = collect(socket_dir, master, timeout=1.0)
         bad = [p for p in report["processes"] if p["status"] != "ok"]
         return bad[0] if bad else None

@@ -5,45 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from demo_app.server import ROOT
-from demo_app.server import GunicornServer
 from demo_app.server import children
 from flask_utd.core import fallback as faultdump
 from flask_utd.core import sockets
 from flask_utd.core.collector import collect
-from tests.conftest import Servers
-from tests.conftest import wait_for
+from flask_utd.core.report import Report
+from tests.helpers import Gunicorns
+from tests.helpers import wait_for
 from tests.lifecycle import files_by_kind
-
-GUNICORN = str(Path(sys.executable).parent / "gunicorn")
-CONF = str(ROOT / "tests" / "apps" / "gunicorn_conf.py")
-
-
-class Gunicorns(Servers):
-    """Starts gunicorn servers for one test and stops them all at its end."""
-
-    def start(  # type: ignore[override]
-        self, options: list[str], env: dict[str, str] | None = None
-    ) -> Any:
-        # The hooks read the socket directory from the environment, the app from
-        # its config.
-        env = {"UTD_SOCKET_DIR": self.socket_dir, **(env or {})}
-        return self.launch(GunicornServer, GUNICORN, ["-c", CONF, *options], env)
-
-
-@pytest.fixture
-def gunicorns(tmp_path: Path, socket_dir: str) -> Iterator[Gunicorns]:
-    g = Gunicorns(tmp_path, socket_dir)
-    yield g
-    g.stop_all()
 
 
 def one_socket_per_live_process(socket_dir: str, master: int, count: int) -> bool:
@@ -61,14 +34,14 @@ def one_socket_per_live_process(socket_dir: str, master: int, count: int) -> boo
 
 def complete_report(
     socket_dir: str, master: int, workers: int, ids: list[int] | None = None
-) -> dict[str, Any]:
+) -> Report:
     report = collect(socket_dir, str(master), timeout=5)
     processes = report["processes"]
     assert [p["status"] for p in processes] == ["ok"] * (workers + 1), processes
     assert processes[0]["role"] == "master" and processes[0]["pid"] == master
     assert processes[0]["worker_id"] is None
     assert {p["role"] for p in processes[1:]} == {"worker"}
-    worker_ids = sorted(p["worker_id"] for p in processes[1:])
+    worker_ids = sorted(p["worker_id"] or 0 for p in processes[1:])
     assert worker_ids == (ids or list(range(1, workers + 1)))
     assert {p["pid"] for p in processes[1:]} == children(master)
     return report

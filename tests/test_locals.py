@@ -20,7 +20,8 @@ from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.snapshot import process_report
 from flask_utd.core.collector import collect
 from flask_utd.core.render import render_text
-from tests.conftest import wait_for
+from flask_utd.core.report import Process
+from tests.helpers import wait_for
 
 INSTANCE = "4343"
 
@@ -75,7 +76,7 @@ def stuck_view() -> Iterator[dict[str, Any]]:
     t.join(10)
 
 
-def _view_locals(report: dict[str, Any]) -> dict[str, str]:
+def _view_locals(report: Process) -> dict[str, str]:
     views = [t for t in report["threads"] if t["name"] == "view"]
     assert views, {
         key: report.get(key) for key in ("status", "error", "threads_truncated")
@@ -86,7 +87,9 @@ def _view_locals(report: dict[str, Any]) -> dict[str, str]:
     return shown
 
 
-def test_builtin_values_shown_secrets_redacted_no_repr_called(stuck_view) -> None:  # type: ignore[no-untyped-def]
+def test_builtin_values_shown_secrets_redacted_no_repr_called(
+    stuck_view: dict[str, Any],
+) -> None:
     ask = LocalsRequest(frames=3, reprs="builtin", budget=0.5)
     started = time.monotonic()
     report = process_report(role="process", worker_id=None, locals_request=ask)
@@ -115,7 +118,7 @@ def test_builtin_values_shown_secrets_redacted_no_repr_called(stuck_view) -> Non
     assert elapsed < 10  # a bound for correctness, not a speed claim
 
 
-def test_own_reprs_raise_or_block_within_the_budget(stuck_view) -> None:  # type: ignore[no-untyped-def]
+def test_own_reprs_raise_or_block_within_the_budget(stuck_view: dict[str, Any]) -> None:
     ask = LocalsRequest(frames=3, reprs="all", budget=0.3)
     started = time.monotonic()
     report = process_report(role="process", worker_id=None, locals_request=ask)
@@ -143,7 +146,8 @@ def test_safe_repr_writes_builtins_only() -> None:
     assert safe_repr(None) == "None" and safe_repr(1.5) == "1.5"
     assert safe_repr((1,)) == "(1,)" and safe_repr(set()) == "set()"
     assert safe_repr([[[[1]]]]) == "[[<list of 1>]]"
-    assert safe_repr(list(range(50))).endswith("... (50 items)]")
+    long = safe_repr(list(range(50)))
+    assert long is not None and long.endswith("... (50 items)]")
     assert safe_repr(10**1000) == "<int of 3322 bits>"
     assert safe_repr(Nice()) is None
 
@@ -168,7 +172,9 @@ def test_agent_refuses_locals_unless_the_app_allows_them(socket_dir: str) -> Non
     assert "Locals refused: locals are off" in render_text(report)
 
 
-def test_cli_locals_through_the_agent(socket_dir: str, stuck_view) -> None:  # type: ignore[no-untyped-def]
+def test_cli_locals_through_the_agent(
+    socket_dir: str, stuck_view: dict[str, Any]
+) -> None:
     app = Flask("withlocals")
     app.config.update(
         TESTING=True,

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from demo_app.server import ROOT
-from tests.conftest import Servers
-from tests.test_admin import admin_address
-from tests.test_admin import signed_path
-from tests.test_admin import start
-from tests.test_admin import stick
-from tests.test_admin import wait_stuck
+from tests.helpers import Servers
+from tests.helpers import admin_address
+from tests.helpers import signed_path
+from tests.helpers import start_demo
+from tests.helpers import stick
+from tests.helpers import wait_stuck
 
 pytestmark = pytest.mark.uwsgi
 
@@ -64,7 +64,7 @@ def test_the_page_in_chromium_shows_the_stuck_frame(
     servers: Servers, socket_dir: str, tmp_path: Path
 ) -> None:
     binary = chromium()
-    server = start(servers, admin="127.0.0.1:0")
+    server = start_demo(servers, admin="127.0.0.1:0")
     address = admin_address(server)
     stick(server, 2)
     stuck = wait_stuck(server, socket_dir, 2)

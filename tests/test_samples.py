@@ -18,14 +18,18 @@ from flask import Flask
 from demo_app.server import ROOT
 from flask_utd.core.render import page_context
 from flask_utd.core.render import render_text
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Report
+from flask_utd.core.report import Request
+from flask_utd.core.report import Thread
 from flask_utd.core.samples import compare
-from flask_utd.core.samples import merge
+from flask_utd.core.samples import merge_samples
 from flask_utd.core.samples import stack_key
 from flask_utd.core.summary import summarize
 from flask_utd.ext.signing import make_token
 
 
-def _frames(*places: tuple[str, int]) -> list[dict[str, Any]]:
+def _frames(*places: tuple[str, int]) -> list[Frame]:
     return [
         {"file": f, "line": n, "function": f"f{n}", "code": None} for f, n in places
     ]
@@ -45,7 +49,7 @@ def test_compare_says_moved_and_for_how_long_on_the_same_line() -> None:
     assert compare([(0.0, other_caller), (1.0, still)]) == (True, 1.0)
 
 
-def _report(*threads: dict[str, Any], pid: int = 10) -> dict[str, Any]:
+def _report(*threads: Thread, pid: int = 10) -> Report:
     return {
         "schema": "flask-utd/1",
         "generated_at": "2026-01-01T00:00:00+00:00",
@@ -64,8 +68,8 @@ def _report(*threads: dict[str, Any], pid: int = 10) -> dict[str, Any]:
     }
 
 
-def _thread(ident: int, frames: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
-    return {
+def _thread(ident: int, frames: list[Frame], **more: Any) -> Thread:
+    thread: Thread = {
         "ident": ident,
         "native_id": ident + 1,
         "name": f"t{ident}",
@@ -73,11 +77,12 @@ def _thread(ident: int, frames: list[dict[str, Any]], **more: Any) -> dict[str, 
         "is_agent": False,
         "request": None,
         "frames": frames,
-        **more,
     }
+    thread.update(more)  # type: ignore[typeddict-item]
+    return thread
 
 
-def _request(started: str, elapsed: float) -> dict[str, Any]:
+def _request(started: str, elapsed: float) -> Request:
     return {
         "method": "GET",
         "path": f"/{started}",
@@ -111,7 +116,7 @@ def test_merge_marks_every_thread_of_the_last_sample() -> None:
             ),
         ),
     ]
-    report = merge(samples, 1.0)
+    report = merge_samples(samples, 1.0)
     by_ident = {t["ident"]: t for t in report["processes"][0]["threads"]}
     assert (by_ident[1]["moved"], by_ident[1]["same_line_s"]) == (False, 1.0)
     assert (by_ident[2]["moved"], by_ident[2]["same_line_s"]) == (True, 0.0)
@@ -134,12 +139,12 @@ def test_unmoved_requests_come_first_in_summary_text_and_page() -> None:
         _thread(3, _frames(("app.py", 7)), moved=False, same_line_s=2.0),
     )
     report["samples"] = {"count": 3, "interval_s": 1.0}
-    report["summary"] = summarize(report, 5.0)  # type: ignore[arg-type]
+    report["summary"] = summarize(report, 5.0)
     stuck = report["summary"]["stuck_requests"]
     # The younger request first: it did not move; the older one did.
     assert [s["ident"] for s in stuck] == [2, 1]
     assert stuck[0]["moved"] is False and stuck[0]["same_line_s"] == 2.0
-    text = render_text(report)  # type: ignore[arg-type]
+    text = render_text(report)
     assert "3 samples 1 s apart" in text
     summary = text.split("Full dump:")[0]
     assert summary.index("GET /b") < summary.index("GET /a")
@@ -147,7 +152,7 @@ def test_unmoved_requests_come_first_in_summary_text_and_page() -> None:
     full = text.split("Full dump:")[1]
     assert full.index('Thread "t2"') < full.index('Thread "t1"')
     assert "Samples: moved between samples" in full
-    page = page_context(report)  # type: ignore[arg-type]
+    page = page_context(report)
     assert [r["thread"] for r in page["requests"]] == ["t2", "t1"]
     assert [t["name"] for t in page["processes"][0]["threads"]][:2] == ["t2", "t1"]
 
@@ -157,9 +162,9 @@ def test_without_samples_nothing_changes_order_or_says_moved() -> None:
         _thread(1, _frames(("app.py", 5)), request=_request("a", 30.0)),
         _thread(2, _frames(("app.py", 6)), request=_request("b", 8.0)),
     )
-    report["summary"] = summarize(report, 5.0)  # type: ignore[arg-type]
+    report["summary"] = summarize(report, 5.0)
     assert [s["ident"] for s in report["summary"]["stuck_requests"]] == [1, 2]
-    text = render_text(report)  # type: ignore[arg-type]
+    text = render_text(report)
     assert "Samples:" not in text and "samples" not in text.split("\n")[1]
     full = text.split("Full dump:")[1]
     assert full.index('Thread "t1"') < full.index('Thread "t2"')

@@ -100,10 +100,12 @@ def test_another_salt_is_rejected(secret: str | bytes, salt: str) -> None:
 
 def test_a_session_cookie_is_not_a_token() -> None:
     from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
 
     app = Flask(__name__)
     app.secret_key = "s3cret"
-    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    assert isinstance(app.session_interface, SecureCookieSessionInterface)
+    serializer = app.session_interface.get_signing_serializer(app)
     assert serializer is not None
     cookie = serializer.dumps({"exp": int(time.time()) + 600})
     assert not accepted("s3cret", cookie)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,9 +16,11 @@ from demo_app.server import ROOT
 from flask_utd.agent.ghosts import ghost_threads
 from flask_utd.agent.snapshot import process_report
 from flask_utd.core import marks
-from tests.conftest import SUPPORTED
-from tests.conftest import need_uwsgi
-from tests.conftest import wait_for
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Thread
+from tests.helpers import SUPPORTED
+from tests.helpers import need_uwsgi
+from tests.helpers import wait_for
 
 
 def test_every_thread_python_knows_is_in_the_dump() -> None:
@@ -136,7 +137,7 @@ def test_frame_entries_are_shared_but_locals_stay_per_thread() -> None:
     ]
     idents: set[int | None] = set()
 
-    def park_frames(threads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def park_frames(threads: list[Thread]) -> list[Frame]:
         return [
             next(f for f in t["frames"] if f["function"] == "park")
             for t in threads
@@ -202,6 +203,8 @@ def test_threads_starting_and_ending_are_never_taken_for_ghosts() -> None:
 GC_DURING_DUMP = """
 import gc, json, threading
 from flask_utd.agent.snapshot import process_report
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Thread
 
 release = threading.Event()
 for n in range(50):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask_utd.core.render import render_text
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Own
+from flask_utd.core.report import Report
+from flask_utd.core.report import Request
+from flask_utd.core.report import Thread
 from flask_utd.core.summary import app_frame
 from flask_utd.core.summary import is_app_file
 from flask_utd.core.summary import summarize
 
 LIB = "/usr/lib/python3.11"
 SITE = "/srv/venv/lib/python3.11/site-packages"
-WORKER = [
+WORKER: list[Frame] = [
     {
         "file": f"{LIB}/threading.py",
         "line": 995,
@@ -24,7 +27,7 @@ WORKER = [
     {"file": f"{SITE}/requests/api.py", "line": 59, "function": "get", "code": "y"},
     {"file": f"{LIB}/socket.py", "line": 706, "function": "readinto", "code": "z"},
 ]
-IDLE = [
+IDLE: list[Frame] = [
     {
         "file": f"{LIB}/threading.py",
         "line": 995,
@@ -37,12 +40,12 @@ IDLE = [
 
 def _thread(
     ident: int,
-    frames: list[dict[str, Any]],
+    frames: list[Frame],
     elapsed: float | None = None,
-    wait: str = "io-socket",
+    wait: str | None = "io-socket",
     is_agent: bool = False,
-) -> dict[str, Any]:
-    request = None
+) -> Thread:
+    request: Request | None = None
     if elapsed is not None:
         request = {
             "method": "POST",
@@ -68,7 +71,7 @@ def _thread(
     }
 
 
-def _report() -> dict[str, Any]:
+def _report() -> Report:
     return {
         "schema": "flask-utd/1",
         "generated_at": "2026-01-01T00:00:40.000+00:00",
@@ -192,12 +195,13 @@ def test_what_belongs_to_the_app() -> None:
     ):
         assert not is_app_file(path), path
     # An app installed as a package is found when nothing else is the app's.
-    installed = [
+    installed: list[Frame] = [
         {"file": f"{SITE}/flask/app.py", "line": 1, "function": "a", "code": None},
         {"file": f"{SITE}/shop/views.py", "line": 2, "function": "b", "code": None},
         {"file": f"{LIB}/time.py", "line": 3, "function": "c", "code": None},
     ]
-    assert app_frame(installed)["function"] == "b"  # type: ignore[index]
+    found = app_frame(installed)
+    assert found is not None and found["function"] == "b"
     assert app_frame(IDLE) is None
 
 
@@ -205,9 +209,9 @@ def test_flask_utds_own_threads_are_noise_by_their_mark() -> None:
     from flask_utd.core.render import is_own
     from flask_utd.core.render import page_context
 
-    def thread(ident: int, own: str | None) -> dict[str, Any]:
+    def thread(ident: int, own: Own | None) -> Thread:
         # Frames that look like flask-utd's own: only the mark counts.
-        frames = [
+        frames: list[Frame] = [
             {
                 "file": f"{SITE}/flask_utd/core/collector.py",
                 "line": 1,
@@ -215,10 +219,14 @@ def test_flask_utds_own_threads_are_noise_by_their_mark() -> None:
                 "code": None,
             }
         ]
-        marks = {"own": own, "is_agent": own == "agent", "wait": None}
-        return _thread(ident, frames) | marks
+        marked = _thread(ident, frames, wait=None, is_agent=own == "agent")
+        marked["own"] = own
+        return marked
 
-    report = {
+    report: Report = {
+        "schema": "flask-utd/1",
+        "generated_at": "2026-01-01T00:00:00.000+00:00",
+        "host": "h",
         "processes": [
             {
                 "pid": 1,
@@ -233,9 +241,9 @@ def test_flask_utds_own_threads_are_noise_by_their_mark() -> None:
                     thread(4, "collector"),
                 ],
             }
-        ]
+        ],
     }
-    (process,) = page_context(report)["processes"]  # type: ignore[arg-type]
+    (process,) = page_context(report)["processes"]
     states = {t["ident"]: (t["noise"], t["state"]) for t in process["threads"]}
     assert states[1][0] is False
     assert states[2] == (True, "flask-utd agent")

@@ -16,10 +16,14 @@ from flask_utd import utd_bp
 from flask_utd.agent import tracking
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.agent.snapshot import process_report
-from tests.conftest import lean_dump
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from flask_utd.core.report import Report
+from flask_utd.core.report import Request
+from flask_utd.core.report import Thread
+from tests.helpers import Servers
+from tests.helpers import lean_dump
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 
 
 @pytest.fixture(params=[False], ids=["default"])
@@ -59,7 +63,7 @@ def _serve_in_thread(app: Flask, url: str, **kwargs: Any) -> threading.Thread:
     return t
 
 
-def _thread_of(t: threading.Thread) -> dict[str, Any]:
+def _thread_of(t: threading.Thread) -> Thread:
     report = process_report(
         role="process",
         worker_id=None,
@@ -67,7 +71,15 @@ def _thread_of(t: threading.Thread) -> dict[str, Any]:
     return next(th for th in report["threads"] if th["ident"] == t.ident)
 
 
-def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: ignore[no-untyped-def]
+def _request_of(t: threading.Thread) -> Request:
+    request = _thread_of(t)["request"]
+    assert request is not None, "the thread no longer serves its request"
+    return request
+
+
+def test_request_context_of_a_thread_and_its_end(
+    parked_app: tuple[Flask, threading.Event],
+) -> None:
     app, release = parked_app
     before = time.time()
     t = _serve_in_thread(
@@ -79,11 +91,10 @@ def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: i
     assert me["endpoint"] == "order"
     assert me["request_id"] == "abc-123"
     started = datetime.fromisoformat(me["started_at"])
-    assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0
+    offset = started.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert before - 1 <= started.timestamp() <= time.time()
-    later = wait_for(
-        lambda: (r := _thread_of(t)["request"])["elapsed_s"] > me["elapsed_s"] and r
-    )
+    later = wait_for(lambda: (r := _request_of(t))["elapsed_s"] > me["elapsed_s"] and r)
     assert later["started_at"] == me["started_at"]
     # A thread serving a request always gets its OS state, whatever it waits on.
     serving = wait_for(
@@ -96,7 +107,9 @@ def test_request_context_of_a_thread_and_its_end(parked_app) -> None:  # type: i
 
 
 @pytest.mark.parametrize("parked_app", [True], ids=["capture"], indirect=True)
-def test_query_string_only_when_asked(parked_app) -> None:  # type: ignore[no-untyped-def]
+def test_query_string_only_when_asked(
+    parked_app: tuple[Flask, threading.Event],
+) -> None:
     app, release = parked_app
     t = _serve_in_thread(app, "/orders/5?page=2")
     me = wait_for(lambda: _thread_of(t)["request"])
@@ -105,7 +118,9 @@ def test_query_string_only_when_asked(parked_app) -> None:  # type: ignore[no-un
     t.join(10)
 
 
-def test_a_failing_request_is_forgotten_too(parked_app) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_request_is_forgotten_too(
+    parked_app: tuple[Flask, threading.Event],
+) -> None:
     app, _ = parked_app
     app.testing = False  # let Flask turn the error into a 500
     assert app.test_client().get("/boom").status_code == 500
@@ -121,7 +136,9 @@ def _get(url: str, request_id: str) -> None:
 
 
 @pytest.mark.uwsgi
-def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> None:  # type: ignore[no-untyped-def]
+def test_stuck_requests_under_uwsgi_with_threads(
+    servers: Servers, socket_dir: str
+) -> None:
     """2 workers x 2 threads, 4 requests stuck in /hello: the summary lists all
     four, oldest first, each on its worker and thread, at the app's line."""
     binary = need_uwsgi()
@@ -149,7 +166,7 @@ def test_stuck_requests_under_uwsgi_with_threads(servers, socket_dir: str) -> No
         ).start()
         time.sleep(0.1)  # distinct start times, to check the order
 
-    def four_stuck() -> dict[str, Any] | None:
+    def four_stuck() -> Report | None:
         report = report_of(server, socket_dir, slow_after=0.5)
         return report if len(report["summary"]["stuck_requests"]) == 4 else None
 

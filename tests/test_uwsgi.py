@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,16 @@ import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import ini_without_address
-from tests.conftest import SUPPORTED
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from flask_utd.agent.rpc import connect
+from flask_utd.core import sockets
+from flask_utd.core.report import Process
+from flask_utd.core.report import Report
+from flask_utd.core.report import Thread
+from tests.helpers import SUPPORTED
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.uwsgi
 
@@ -45,11 +52,11 @@ def fire(url: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def workers(report: dict[str, Any]) -> list[dict[str, Any]]:
+def workers(report: Report) -> list[Process]:
     return [p for p in report["processes"] if p["role"] == "worker"]
 
 
-def stuck_in(process: dict[str, Any], function: str) -> list[dict[str, Any]]:
+def stuck_in(process: Process, function: str) -> list[Thread]:
     return [
         t
         for t in process["threads"]
@@ -57,7 +64,7 @@ def stuck_in(process: dict[str, Any], function: str) -> list[dict[str, Any]]:
     ]
 
 
-def both_workers_stuck(server: UwsgiServer, socket_dir: str) -> dict[str, Any] | None:
+def both_workers_stuck(server: UwsgiServer, socket_dir: str) -> Report | None:
     report = report_of(server, socket_dir)
     ws = workers(report)
     if len(ws) == 2 and all(w["status"] == "ok" and stuck_in(w, "hello") for w in ws):
@@ -68,7 +75,7 @@ def both_workers_stuck(server: UwsgiServer, socket_dir: str) -> dict[str, Any] |
 def workers_answering(server: UwsgiServer, socket_dir: str, n: int = 2) -> Any:
     """A condition for wait_for: the report once ``n`` workers answer ``ok``."""
 
-    def condition() -> dict[str, Any] | None:
+    def condition() -> Report | None:
         report = report_of(server, socket_dir)
         ok = [w for w in workers(report) if w["status"] == "ok"]
         return report if len(ok) == n else None
@@ -76,7 +83,7 @@ def workers_answering(server: UwsgiServer, socket_dir: str, n: int = 2) -> Any:
     return condition
 
 
-def assert_threads_alive(report: dict[str, Any]) -> None:
+def assert_threads_alive(report: Report) -> None:
     """No dump shows a thread that is not alive in that process."""
     for process in report["processes"]:
         if process["status"] != "ok":
@@ -106,7 +113,7 @@ def test_stuck_workers_and_master_thread_appear(
     (counter,) = [t for t in master["threads"] if t["name"] == "demo-counter"]
     assert counter["frames"][-1]["function"] == "count_forever"
     assert counter["daemon"] is False
-    assert sorted(w["worker_id"] for w in workers(report)) == [1, 2]
+    assert sorted(w["worker_id"] or 0 for w in workers(report)) == [1, 2]
     for worker in workers(report):
         (hello,) = stuck_in(worker, "hello")
         assert hello["frames"][-1]["code"] == "time.sleep(HELLO_SECONDS)"
@@ -133,7 +140,7 @@ def test_killed_worker_comes_back_and_its_socket_is_gone(
     os.kill(victim["pid"], signal.SIGKILL)
     instance_dir = Path(socket_dir) / str(server.pid)
 
-    def replaced() -> dict[str, Any] | None:
+    def replaced() -> Report | None:
         report = report_of(server, socket_dir)
         ids = {w["worker_id"]: w for w in workers(report) if w["status"] == "ok"}
         new = ids.get(victim["worker_id"])
@@ -167,7 +174,7 @@ def test_fifty_dumps_under_default_settings_crash_nothing(
             # The master runs no agent and the workers hold ghost thread states:
             # both say so and what to add, instead of risking a crash.
             assert process["status"] == "unsafe", process
-            assert "py-call-uwsgi-fork-hooks = true" in process["error"]
+            assert "py-call-uwsgi-fork-hooks = true" in (process["error"] or "")
     assert get(server.url("/")).startswith("demo of flask-utd")
     assert_no_crash(server)
     assert server.log().count("flask-utd:") >= 3  # one warning per process
@@ -208,7 +215,7 @@ def test_safe_on_every_python_under_every_fork_setting(
             statuses.add((process["role"], process["status"]))
             assert process["status"] in ("ok", "unsafe"), process
             if process["status"] == "unsafe":
-                assert "py-call-uwsgi-fork-hooks = true" in process["error"]
+                assert "py-call-uwsgi-fork-hooks = true" in (process["error"] or "")
     if name == "fork-hooks":
         assert statuses == {("master", "ok"), ("worker", "ok")}
         report = wait_for(lambda: both_workers_stuck(server, socket_dir), timeout=30)
@@ -250,10 +257,29 @@ def test_app_threads_started_in_postfork_keep_running_and_appear(
     assert master["role"] == "master" and master["status"] == "unsafe"
 
 
+def test_rpyc_settings_in_the_servers_environment_change_nothing(
+    servers: Servers, socket_dir: str
+) -> None:
+    """RPyC reads ``RPYC_BIND_THREADS`` from the environment; the agent pins it
+    (before, no dump worked: both clients got EOF)."""
+    server = servers.start(
+        need_uwsgi(), BASE + DEMO + FORK_HOOKS, env={"RPYC_BIND_THREADS": "true"}
+    )
+    report = wait_for(workers_answering(server, socket_dir))
+    assert [p["status"] for p in report["processes"]] == ["ok"] * 3
+    for process in report["processes"]:
+        path = sockets.socket_path(socket_dir, str(server.pid), process["pid"])
+        conn = connect(path, time.monotonic() + 5)
+        try:
+            assert json.loads(conn.root.info())["pid"] == process["pid"]
+        finally:
+            conn.close()
+
+
 def test_lazy_apps_workers_start_their_agent(servers: Servers, socket_dir: str) -> None:
     server = servers.start(need_uwsgi(), BASE + DEMO + ["--lazy-apps"])
     report = wait_for(workers_answering(server, socket_dir))
-    assert sorted(w["worker_id"] for w in workers(report)) == [1, 2]
+    assert sorted(w["worker_id"] or 0 for w in workers(report)) == [1, 2]
     # The master never loads the app under lazy-apps: it runs no agent.
     assert all(p["role"] == "worker" for p in report["processes"])
     for worker in workers(report):
@@ -266,7 +292,7 @@ def test_core_threads_appear(servers: Servers, socket_dir: str) -> None:
     for _ in range(4):
         fire(server.url("/hello"))
 
-    def four_stuck() -> dict[str, Any] | None:
+    def four_stuck() -> Report | None:
         report = report_of(server, socket_dir)
         stuck = [t for w in workers(report) for t in stuck_in(w, "hello")]
         return report if len(stuck) == 4 else None

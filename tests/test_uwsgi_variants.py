@@ -7,16 +7,17 @@ import os
 import signal
 import threading
 import urllib.error
-from typing import Any
 
 import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import children
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import report_of
-from tests.conftest import wait_for
+from flask_utd.core.report import Report
+from flask_utd.core.report import Status
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import report_of
+from tests.helpers import wait_for
 from tests.lifecycle import get
 from tests.lifecycle import layout
 from tests.lifecycle import no_crash as check_log
@@ -33,7 +34,9 @@ def start(servers: Servers, *options: str, workers: int = 2, **env: str) -> Uwsg
     )
 
 
-def statuses(server: UwsgiServer, socket_dir: str) -> dict[tuple[str, Any], str]:
+def statuses(
+    server: UwsgiServer, socket_dir: str
+) -> dict[tuple[str, int | None], Status]:
     """``{(role, worker_id): status}`` of a fresh report."""
     report = report_of(server, socket_dir, timeout=5)
     result = {(p["role"], p["worker_id"]): p["status"] for p in report["processes"]}
@@ -41,14 +44,14 @@ def statuses(server: UwsgiServer, socket_dir: str) -> dict[tuple[str, Any], str]
     return result
 
 
-def complete(server: UwsgiServer, socket_dir: str, workers: int = 2) -> dict[str, Any]:
+def complete(server: UwsgiServer, socket_dir: str, workers: int = 2) -> Report:
     """A fresh report in which the master and every worker answered ``ok``."""
     report = report_of(server, socket_dir, timeout=5)
     assert all(p["status"] == "ok" for p in report["processes"]), report
     pids = {p["pid"] for p in report["processes"]}
     assert pids == children(server.pid) | {server.pid}
     assert sorted(
-        p["worker_id"] for p in report["processes"] if p["role"] == "worker"
+        p["worker_id"] or 0 for p in report["processes"] if p["role"] == "worker"
     ) == list(range(1, workers + 1))
     return report
 

@@ -11,37 +11,40 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from flask_utd.agent.snapshot import process_report
 from flask_utd.agent.waits import STATES
 from flask_utd.agent.waits import infer
-from tests.conftest import wait_for
+from flask_utd.core.report import Frame
+from flask_utd.core.report import Thread
+from tests.helpers import wait_for
 
 
 class Parked:
     """A thread parked in some call, and how to let it go."""
 
-    def __init__(self, target: Callable[[], None], release: Callable[[], None]) -> None:
+    def __init__(
+        self, target: Callable[[], object], release: Callable[[], None]
+    ) -> None:
         self.release = release
         self.thread = threading.Thread(target=target, name=f"parked-{target.__name__}")
         self.thread.start()
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> Thread:
         report = process_report(
             role="process",
             worker_id=None,
         )
         return next(t for t in report["threads"] if t["ident"] == self.thread.ident)
 
-    def settled(self, state: str, os_state: str | None = None) -> dict[str, Any]:
+    def settled(self, state: str, os_state: str | None = None) -> Thread:
         """The thread's report once its state is ``state`` (and the OS's state
         ``os_state``, if given), with a deadline."""
-        seen: list[tuple[str, str]] = []
+        seen: list[tuple[str | None, str | None]] = []
 
-        def check() -> dict[str, Any] | None:
+        def check() -> Thread | None:
             me = self.report()
             seen.append((me["wait"], me["os_state"]))
             if me["wait"] != state or os_state not in (None, me["os_state"]):
@@ -49,7 +52,7 @@ class Parked:
             return me
 
         try:
-            found: dict[str, Any] = wait_for(check, timeout=10)
+            found: Thread = wait_for(check, timeout=10)
         except AssertionError as err:
             raise AssertionError(
                 f"never {state} ({os_state}); seen {sorted(set(seen))}"
@@ -62,11 +65,15 @@ class Parked:
         assert not self.thread.is_alive()
 
 
+#: The ``park`` fixture: park a thread in ``target`` until ``release``.
+Park = Callable[[Callable[[], object], Callable[[], None]], Parked]
+
+
 @pytest.fixture
-def park() -> Iterator[Callable[[Callable[[], None], Callable[[], None]], Parked]]:
+def park() -> Iterator[Park]:
     made: list[Parked] = []
 
-    def start(target: Callable[[], None], release: Callable[[], None]) -> Parked:
+    def start(target: Callable[[], object], release: Callable[[], None]) -> Parked:
         made.append(Parked(target, release))
         return made[-1]
 
@@ -75,13 +82,20 @@ def park() -> Iterator[Callable[[Callable[[], None], Callable[[], None]], Parked
         p.stop()
 
 
-def _inferred_in(me: dict[str, Any], function: str) -> dict[str, Any]:
-    frame = me["frames"][me["wait_frame"]]
+def _wait_frame(me: Thread) -> Frame:
+    """The frame ``wait_frame`` points at, which every parked thread has."""
+    index = me["wait_frame"]
+    assert index is not None, me
+    return me["frames"][index]
+
+
+def _inferred_in(me: Thread, function: str) -> Frame:
+    frame = _wait_frame(me)
     assert frame["function"] == function, me["frames"]
     return frame
 
 
-def test_time_sleep(park) -> None:  # type: ignore[no-untyped-def]
+def test_time_sleep(park: Park) -> None:
     stop = threading.Event()
 
     def sleeper() -> None:
@@ -96,7 +110,7 @@ def test_time_sleep(park) -> None:  # type: ignore[no-untyped-def]
     assert me["lock_owner"] is None
 
 
-def test_lock_acquire(park) -> None:  # type: ignore[no-untyped-def]
+def test_lock_acquire(park: Park) -> None:
     lock = threading.Lock()
     lock.acquire()
 
@@ -118,7 +132,7 @@ class Account:
             pass
 
 
-def test_rlock_owner_is_the_holding_thread(park) -> None:  # type: ignore[no-untyped-def]
+def test_rlock_owner_is_the_holding_thread(park: Park) -> None:
     account = Account()
     holding = threading.Event()
     done = threading.Event()
@@ -138,7 +152,7 @@ def test_rlock_owner_is_the_holding_thread(park) -> None:  # type: ignore[no-unt
     assert h.settled("waiting-condition")["lock_owner"] is None
 
 
-def test_condition_wait(park) -> None:  # type: ignore[no-untyped-def]
+def test_condition_wait(park: Park) -> None:
     cond = threading.Condition()
     flag: list[bool] = []
 
@@ -153,11 +167,11 @@ def test_condition_wait(park) -> None:  # type: ignore[no-untyped-def]
             cond.notify_all()
 
     me = park(waiter, release).settled("waiting-condition")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("threading.py")
+    assert _wait_frame(me)["file"].endswith("threading.py")
     assert any(f["function"] == "waiter" for f in me["frames"])
 
 
-def test_event_wait(park) -> None:  # type: ignore[no-untyped-def]
+def test_event_wait(park: Park) -> None:
     event = threading.Event()
 
     def waiter() -> None:
@@ -167,7 +181,7 @@ def test_event_wait(park) -> None:  # type: ignore[no-untyped-def]
     assert [f["function"] for f in me["frames"]][-3:] == ["waiter", "wait", "wait"]
 
 
-def test_queue_get(park) -> None:  # type: ignore[no-untyped-def]
+def test_queue_get(park: Park) -> None:
     q: queue.Queue[int] = queue.Queue()
 
     def consumer() -> None:
@@ -177,14 +191,14 @@ def test_queue_get(park) -> None:  # type: ignore[no-untyped-def]
     assert "queue.py" in [f["file"].rsplit("/", 1)[-1] for f in me["frames"]]
 
 
-def test_semaphore_is_a_lock_and_join_a_condition(park) -> None:  # type: ignore[no-untyped-def]
+def test_semaphore_is_a_lock_and_join_a_condition(park: Park) -> None:
     sem = threading.Semaphore(0)
 
     def taker() -> None:
         sem.acquire()
 
     me = park(taker, sem.release).settled("waiting-lock")
-    assert me["frames"][me["wait_frame"]]["function"] == "acquire"
+    assert _wait_frame(me)["function"] == "acquire"
 
     other = threading.Event()
     sleeper = threading.Thread(target=other.wait, args=(30,))
@@ -196,7 +210,7 @@ def test_semaphore_is_a_lock_and_join_a_condition(park) -> None:  # type: ignore
     park(joiner, other.set).settled("waiting-condition")
 
 
-def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_innermost_frame_under_other_callers_in_one_dump(park: Park) -> None:
     """A dump infers the state once per distinct end of stack: two threads in the
     same ``Condition.wait`` instruction, one under ``Semaphore.acquire`` and one
     under ``Event.wait``, still get their own states, in the same dump."""
@@ -205,12 +219,13 @@ def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:
     taker = park(sem.acquire, sem.release)
     waiter = park(event.wait, event.set)
 
-    def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def both() -> tuple[Thread, Thread] | None:
         report = process_report(
             role="process",
             worker_id=None,
         )
         mine = {t["ident"]: t for t in report["threads"]}
+        assert taker.thread.ident is not None and waiter.thread.ident is not None
         a, b = mine[taker.thread.ident], mine[waiter.thread.ident]
         if a["frames"][-1] != b["frames"][-1] or b["wait"] != "waiting-condition":
             return None
@@ -218,8 +233,8 @@ def test_the_same_innermost_frame_under_other_callers_in_one_dump(park) -> None:
 
     a, b = wait_for(both, timeout=10)
     assert a["wait"] == "waiting-lock"
-    assert a["frames"][a["wait_frame"]]["function"] == "acquire"
-    assert b["frames"][b["wait_frame"]]["function"] == "wait"
+    assert _wait_frame(a)["function"] == "acquire"
+    assert _wait_frame(b)["function"] == "wait"
 
 
 def _send_and_close(sock: socket.socket) -> Callable[[], None]:
@@ -230,7 +245,7 @@ def _send_and_close(sock: socket.socket) -> Callable[[], None]:
     return release
 
 
-def test_socket_recv(park) -> None:  # type: ignore[no-untyped-def]
+def test_socket_recv(park: Park) -> None:
     a, b = socket.socketpair()
 
     def reader() -> None:
@@ -241,7 +256,7 @@ def test_socket_recv(park) -> None:  # type: ignore[no-untyped-def]
     assert _inferred_in(me, "reader")["code"] == "a.recv(1)"
 
 
-def test_socket_accept_in_the_standard_library(park) -> None:  # type: ignore[no-untyped-def]
+def test_socket_accept_in_the_standard_library(park: Park) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
@@ -254,10 +269,10 @@ def test_socket_accept_in_the_standard_library(park) -> None:  # type: ignore[no
         socket.create_connection(("127.0.0.1", port)).close()
 
     me = park(acceptor, release).settled("io-socket")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("socket.py")
+    assert _wait_frame(me)["file"].endswith("socket.py")
 
 
-def test_select_and_selectors(park) -> None:  # type: ignore[no-untyped-def]
+def test_select_and_selectors(park: Park) -> None:
     a, b = socket.socketpair()
 
     def selecting() -> None:
@@ -277,10 +292,10 @@ def test_select_and_selectors(park) -> None:  # type: ignore[no-untyped-def]
         c.close()
 
     me = park(with_selector, _send_and_close(d)).settled("io-select")
-    assert me["frames"][me["wait_frame"]]["file"].endswith("selectors.py")
+    assert _wait_frame(me)["file"].endswith("selectors.py")
 
 
-def test_an_unnamed_c_call_has_the_os_state(park) -> None:  # type: ignore[no-untyped-def]
+def test_an_unnamed_c_call_has_the_os_state(park: Park) -> None:
     """Where the frames cannot name the wait, /proc says where the thread is."""
     r, w = os.pipe()
 
@@ -297,7 +312,7 @@ def test_an_unnamed_c_call_has_the_os_state(park) -> None:  # type: ignore[no-un
     assert me["wchan"] is None or isinstance(me["wchan"], str)
 
 
-def test_busy_loop_is_running(park) -> None:  # type: ignore[no-untyped-def]
+def test_busy_loop_is_running(park: Park) -> None:
     stopped: list[bool] = []
 
     def spin() -> None:
@@ -306,7 +321,7 @@ def test_busy_loop_is_running(park) -> None:  # type: ignore[no-untyped-def]
             n += 1
 
     me = park(spin, lambda: stopped.append(True)).settled("running")
-    assert me["frames"][me["wait_frame"]]["function"] == "spin"
+    assert _wait_frame(me)["function"] == "spin"
     # Running, or waiting for the GIL that the dump holds.
     assert me["os_state"] in ("R", "S")
 
@@ -323,7 +338,7 @@ def test_every_thread_has_a_known_state() -> None:
         )
 
 
-def _frame(file: str, function: str, code: str) -> dict[str, Any]:
+def _frame(file: str, function: str, code: str) -> Frame:
     return {"file": file, "line": 1, "function": function, "code": code}
 
 

@@ -24,7 +24,7 @@ from flask_utd.agent import tracking
 from flask_utd.agent import watchdog
 from flask_utd.agent.tracking import RequestTracker
 from flask_utd.agent.tracking import trace_of
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 THRESHOLD = 0.4

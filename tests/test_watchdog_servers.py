@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SUPPORTED
-from tests.conftest import Servers
-from tests.conftest import need_uwsgi
-from tests.conftest import wait_for
+from tests.helpers import SUPPORTED
+from tests.helpers import Gunicorns
+from tests.helpers import Servers
+from tests.helpers import need_uwsgi
+from tests.helpers import wait_for
 from tests.lifecycle import layout
 from tests.lifecycle import no_crash
-from tests.test_gunicorn import Gunicorns
-from tests.test_gunicorn import gunicorns  # noqa: F401  (the fixture)
 
 PLAIN = ["--module", "tests.apps.plain:app"]
 UWSGI = [*PLAIN, "--master", "--py-call-uwsgi-fork-hooks", "--die-on-term"]
@@ -106,7 +105,7 @@ def test_uwsgi_harakiri_each_stuck_request_is_logged_before_its_kill(
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_gunicorn_timeout_stuck_requests_are_logged_first(
-    gunicorns: Gunicorns,  # noqa: F811
+    gunicorns: Gunicorns,
     socket_dir: str,
     worker_class: str,
 ) -> None:
@@ -223,7 +222,7 @@ def test_a_worker_that_runs_again_does_not_report_the_same_request(
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_gunicorn_arbiter_logs_a_worker_holding_the_gil_before_the_kill(
-    gunicorns: Gunicorns,  # noqa: F811
+    gunicorns: Gunicorns,
     socket_dir: str,
     worker_class: str,
 ) -> None:

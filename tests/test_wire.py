@@ -16,15 +16,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rpyc.core import brine
+from rpyc.core import consts
 
 from demo_app.server import ROOT
 from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import wire
-from tests.conftest import as_another_uid
-from tests.conftest import lean_dump
-from tests.conftest import open_modes
+from flask_utd.core.formats import FORMATS
+from tests.helpers import as_another_uid
+from tests.helpers import lean_dump
+from tests.helpers import open_modes
 
 INSTANCE = "4343"
 
@@ -44,6 +46,24 @@ def test_brine_subset_matches_rpyc(value: Any) -> None:
     data = wire.dumps(value)
     assert data == brine.dump(value)
     assert wire.loads(data) == value == brine.load(data)
+
+
+def test_constants_are_rpycs() -> None:
+    names = [n for n in vars(wire) if n.startswith(("MSG_", "LABEL_", "HANDLE_"))]
+    assert len(names) == 9
+    for name in names:
+        assert getattr(wire, name) == getattr(consts, name), name
+    tags = [n for n in vars(wire) if n.startswith("TAG_")]
+    assert len(tags) == 15
+    for name in tags:
+        assert bytes((getattr(wire, name),)) == getattr(brine, name), name
+    assert bytes((wire.TAG_STR1 + 3,)) == brine.TAG_STR4
+    assert bytes((wire.TAG_TUP1 + 3,)) == brine.TAG_TUP4
+    small = range(wire.IMM_INT_MIN, wire.IMM_INT_MAX)
+    assert {n: bytes((n + wire.IMM_INT_BIAS,)) for n in small} == brine.IMM_INTS
+    for ours, theirs in ((wire._I1, brine.I1), (wire._I4, brine.I4)):
+        assert ours.format == theirs.format
+    assert wire._F8.format == brine.F8.format
 
 
 def test_brine_rejects_what_it_does_not_speak() -> None:
@@ -155,7 +175,7 @@ def test_a_peer_that_hangs_up_is_eof(socket_dir: str) -> None:
 
 def _frame(message: int, body: Any) -> bytes:
     payload = bytes((message,)) + brine.dump(body)
-    return wire._FRAME.pack(len(payload), 0) + payload + b"\n"
+    return wire.FRAME_HEADER.pack(len(payload), 0) + payload + wire.FLUSHER
 
 
 def test_a_reference_for_the_root_is_required_and_values_only_come_back(
@@ -220,31 +240,41 @@ def test_call_all_ends_every_call_with_its_own_outcome(
     assert all(call.done for call in calls)
 
 
-def test_lean_dump_imports_no_rpyc_click_or_flask(socket_dir: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "shows", "imported"),
+    [
+        ([], "process (pid {pid}): ok", []),
+        (["--json"], '"pid": {pid},', []),
+        (["--format", "html"], "<!doctype html>", ["jinja2"]),
+    ],
+)
+def test_lean_dump_imports_no_rpyc_click_or_flask(
+    socket_dir: str, args: list[str], shows: str, imported: list[str]
+) -> None:
     """The lean command's start-up is most of its time (docs/performance.md):
-    each of these costs it from 5 to 200 ms."""
+    each of these costs it from 5 to 200 ms. Jinja only for an HTML page."""
     # The instance is named after a live process (this one), as a master's pid.
     start_agent(socket_dir, str(os.getpid()), role="process", worker_id=None)
     code = (
         "import sys, runpy\n"
-        "sys.argv = ['flask_utd', 'dump', '--socket-dir', sys.argv[1]]\n"
+        "sys.argv = ['flask_utd', 'dump', '--socket-dir', *sys.argv[1:]]\n"
         "try:\n    runpy.run_module('flask_utd', run_name='__main__')\n"
         "except SystemExit as e:\n"
-        "    heavy = [m for m in ('flask', 'click', 'rpyc', 'argparse',"
-        " 'concurrent.futures', 'importlib.metadata', 'dataclasses', 'datetime')"
+        "    heavy = [m for m in ('flask', 'click', 'rpyc', 'jinja2',"
+        " 'concurrent.futures', 'importlib.metadata', 'datetime')"
         " if m in sys.modules]\n"
         "    print('EXIT', e.code, heavy, flush=True)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, socket_dir],
+        [sys.executable, "-c", code, socket_dir, *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
     )
     stop_agents()
-    assert "EXIT 0 []" in out.stdout, out.stdout + out.stderr
-    assert f"process (pid {os.getpid()}): ok" in out.stdout
+    assert f"EXIT 0 {imported}" in out.stdout, out.stdout + out.stderr
+    assert shows.format(pid=os.getpid()) in out.stdout
 
 
 def test_another_uid_is_refused_through_the_wire_client(
@@ -263,18 +293,39 @@ def test_another_uid_is_refused_through_the_wire_client(
     assert "run the command as the server's user" in out.stdout
 
 
-def test_lean_defaults_match_the_settings() -> None:
-    from flask_utd.core.collector import SLOW_AFTER
-    from flask_utd.core.config import DEFAULTS
-
-    assert SLOW_AFTER == DEFAULTS["UTD_SLOW_REQUEST"]
-
-
 def test_lean_options_are_checked(socket_dir: str) -> None:
+    """Usage errors are argparse's: exit code 2, the usage, and one line that
+    says what is wrong."""
     for args, message in (
-        (["--slow-after", "soon"], "--slow-after"),
-        (["--timeout", "0"], "--timeout"),
-        (["--bogus"], "no such option"),
+        (["--slow-after", "soon"], "argument --slow-after: 'soon' is not a number"),
+        (["--timeout", "0"], "argument --timeout: '0' is not a number more than 0"),
+        (["--pid", "one"], "argument --pid: invalid int value: 'one'"),
+        (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["--json", "--format", "text"], "not allowed with argument --json"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
     ):
         out = lean_dump(socket_dir, *args)
-        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert out.returncode == 2 and out.stdout == "", out
+        assert out.stderr.startswith("usage: python -m flask_utd")
+        (error,) = [line for line in out.stderr.splitlines() if "error:" in line]
+        assert message in error, out.stderr
+        if "--format" in message:
+            assert all(name in error for name in ("json", "text", "html"))
+
+
+def test_lean_help_and_no_command() -> None:
+    run = [sys.executable, "-m", "flask_utd"]
+    kwargs: dict[str, Any] = {"capture_output": True, "text": True, "cwd": ROOT}
+    helped = subprocess.run([*run, "dump", "--help"], timeout=60, **kwargs)
+    assert helped.returncode == 0 and helped.stderr == ""
+    for option in (
+        "--socket-dir",
+        f"--format {{{','.join(FORMATS)}}}",
+        "--json",
+        "--pid",
+    ):
+        assert option in helped.stdout
+    assert "(default: 2)" in helped.stdout and "(default: 5)" in helped.stdout
+    bare = subprocess.run(run, timeout=60, **kwargs)
+    assert bare.returncode == 2
+    assert "the following arguments are required: COMMAND" in bare.stderr

@@ -10,9 +10,11 @@ or thread.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -25,15 +27,11 @@ from . import watchdog
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .server import AgentServer
-from .server import authenticate
 from .service import AgentInfo
 from .service import UTDService
 from .snapshot import AGENT_THREAD_NAME
 
 log = logging.getLogger("flask_utd")
-# RPyC logs every connection at INFO; a dump is not news.
-_rpyc_log = logging.getLogger("flask_utd.agent.rpyc")
-_rpyc_log.setLevel(logging.WARNING)
 
 
 @dataclass
@@ -110,6 +108,28 @@ def sweep(directory: str) -> None:
                     pass
 
 
+def _listen(binding: str, path: str) -> socket.socket:
+    """A Unix socket of mode 0600 that listens on ``path``.
+
+    It is bound under the temporary name ``binding``, set to 0600 and only then
+    listens, so it accepts no connection while its mode is wider; then it is
+    renamed to ``path``, so a collector never sees it bound but refusing (which
+    it would take for a stale socket and remove).
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(binding)
+        os.chmod(binding, 0o600)
+        listener.listen(socket.SOMAXCONN)
+        os.rename(binding, path)
+    except BaseException:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(binding)
+        raise
+    return listener
+
+
 def start_agent(
     socket_dir: str,
     instance: str,
@@ -147,9 +167,6 @@ def start_agent(
         directory = sockets.instance_dir(socket_dir, instance)
         sockets.ensure_private_dir(directory)
         sweep(directory)
-        # Bound under a temporary name and renamed once it listens, so that the
-        # socket is never seen bound but refusing (which a collector would take
-        # for a stale socket and remove).
         binding = f"{path}.{os.getpid()}.new"
         for leftover in (path, binding):
             try:
@@ -159,22 +176,11 @@ def start_agent(
                 pass
         info = AgentInfo(role, worker_id, unsafe, locals_policy)
         service = UTDService(info)
-        server = AgentServer(
-            service,
-            socket_path=binding,
-            authenticator=authenticate,
-            protocol_config=dict(SERVER_CONFIG),
-            logger=_rpyc_log,
-            listener_timeout=None,
-        )
-        # Connections are possible only after listen(): the mode is final by then.
-        os.chmod(binding, 0o600)
+        server = AgentServer(service, _listen(binding, path), SERVER_CONFIG)
         thread = threading.Thread(
             target=server.start, name=AGENT_THREAD_NAME, daemon=True
         )
         agent = Agent(pid, path, info, server, thread)
-        server._listen()
-        os.rename(binding, path)
         thread.start()
         assert thread.ident is not None
         marks.mark(thread.ident, "agent")

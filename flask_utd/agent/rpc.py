@@ -4,7 +4,7 @@
 is an RPyC client with a deadline (:class:`DeadlineStream`), for scripts that want
 RPyC itself; the tests use it to check the agent against RPyC's own client. The
 collector does not: it speaks the little of the protocol it needs through
-:mod:`flask_utd.wire`, which does not import RPyC. Imports RPyC, never Flask.
+:mod:`flask_utd.core.wire`, which does not import RPyC. Imports RPyC, never Flask.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from rpyc.core.stream import SocketStream
 from rpyc.lib import Timeout
 
 #: RPyC settings for the agent: only ``exposed_`` names, nothing pickled, no
-#: custom exceptions, no tracebacks or versions sent to the peer.
+#: custom exceptions, no tracebacks or versions sent to the peer. Every setting
+#: of RPyC's ``DEFAULT_CONFIG`` is here but the ones a connection fills in
+#: itself (``connid``, ``credentials``, ``endpoints``): RPyC takes some defaults
+#: from the environment (``RPYC_BIND_THREADS=true`` puts two thread ids in front
+#: of every message, which no client of the agent sends), and the agent's
+#: behaviour must not depend on them. ``tests/test_agent_rpyc.py`` checks that
+#: nothing is missing.
 SERVER_CONFIG: dict[str, Any] = {
     "allow_safe_attrs": True,
     # Only what a client needs to call an exposed method and print the result.
-    "safe_attrs": {"__str__", "__repr__", "__doc__", "__eq__", "__hash__"},
+    "safe_attrs": frozenset({"__str__", "__repr__", "__doc__", "__eq__", "__hash__"}),
+    "exposed_prefix": "exposed_",
     "allow_exposed_attrs": True,
     "allow_public_attrs": False,
     "allow_all_attrs": False,
@@ -37,19 +44,45 @@ SERVER_CONFIG: dict[str, Any] = {
     "propagate_SystemExit_locally": False,
     "propagate_KeyboardInterrupt_locally": False,
     "log_exceptions": False,
+    "logger": None,
+    # One frame is served at a time, in the order it came (see AgentServer).
+    "bind_threads": False,
+    # The agent never waits for a client: its channel refuses to (the close
+    # request that RPyC sends when the agent drops a client ends at once).
+    "sync_request_timeout": 1.0,
+    "before_closed": None,
+    "close_catchall": False,
 }
 
-#: RPyC settings for the collector: it trusts nothing that comes back either.
+#: RPyC settings for :func:`connect`: it trusts nothing that comes back either,
+#: and serves nothing (the agent never calls back). All settings are pinned, as
+#: in :data:`SERVER_CONFIG`: a client whose environment has
+#: ``RPYC_BIND_THREADS=true`` must still speak to the agent.
 CLIENT_CONFIG: dict[str, Any] = {
+    "allow_safe_attrs": False,
+    "safe_attrs": frozenset(),
+    "exposed_prefix": "exposed_",
+    "allow_exposed_attrs": False,
     "allow_public_attrs": False,
     "allow_all_attrs": False,
+    "allow_getattr": False,
     "allow_setattr": False,
     "allow_delattr": False,
     "allow_pickle": False,
     "import_custom_exceptions": False,
     "instantiate_custom_exceptions": False,
+    "instantiate_oldstyle_exceptions": False,
     "include_local_traceback": False,
     "include_local_version": False,
+    "propagate_SystemExit_locally": False,
+    "propagate_KeyboardInterrupt_locally": True,
+    "log_exceptions": False,
+    "logger": None,
+    "bind_threads": False,
+    # Replaced in each connect() by the time left before its deadline.
+    "sync_request_timeout": 5.0,
+    "before_closed": None,
+    "close_catchall": False,
 }
 
 

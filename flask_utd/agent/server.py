@@ -1,7 +1,13 @@
 """The agent's RPyC server: one thread, one poll loop, a few clients at once.
 
 The loop waits on the listening socket and on every client with a selector and
-never blocks on any one client; see :class:`AgentServer`.
+never blocks on any one client; see :class:`AgentServer`. It owns its socket and
+its loop, and takes from RPyC only its public pieces: a connection per client
+made by :func:`rpyc.utils.factory.connect_channel`, over a
+:class:`~rpyc.core.channel.Channel` that the loop feeds with the frames it cut
+(with :data:`flask_utd.core.wire.FRAME_HEADER` and
+:data:`~flask_utd.core.wire.FLUSHER`, which the tests check against what RPyC
+writes).
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from rpyc.core import Channel
-from rpyc.utils.authenticators import AuthenticationError
-from rpyc.utils.server import Server
+from rpyc.core.channel import Channel
+from rpyc.core.service import Service
+from rpyc.core.stream import Stream
+from rpyc.utils.factory import connect_channel
 
 from ..core import sockets
+from ..core.wire import FLUSHER
+from ..core.wire import FRAME_HEADER
 
 log = logging.getLogger("flask_utd")
 
@@ -41,35 +50,49 @@ _SEND_CHUNK = 256 * 1024
 _RECV_CHUNK = 64 * 1024
 
 
-def authenticate(sock: Any) -> tuple[Any, int]:
-    """RPyC authenticator: the peer must be this uid or root (``SO_PEERCRED``).
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of ``sock`` (``SO_PEERCRED``).
 
-    The credentials it returns are the peer's pid.
+    :raises PermissionError: the peer runs as neither this uid nor root.
     """
     pid, uid, _gid = sockets.peer_credentials(sock)
     if not sockets.uid_allowed(uid):
-        raise AuthenticationError("peer uid is not allowed")
-    return sock, pid
+        raise PermissionError(f"a peer of uid {uid} is not allowed")
+    return pid
 
 
-class _Outbox:
+class _Outbox(Stream):  # type: ignore[misc]
     """The stream under a :class:`_LoopChannel`: what RPyC writes is kept for the
-    agent's loop to send when the socket can take it."""
+    agent's loop to send when the socket can take it. Nothing is read from it:
+    the loop reads the socket."""
 
+    __slots__ = ("data", "_closed")
+    #: How much :meth:`Channel.send` writes at once (RPyC's socket streams
+    #: have it too); all of it goes to :attr:`data` anyway.
     MAX_IO_CHUNK = 64000
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self.closed = False
+        self._closed = False
 
-    def write(self, data: bytes) -> None:
-        self.data += data
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
-        self.closed = True
+        self._closed = True
 
     def fileno(self) -> int:
         raise EOFError("the agent's channels have no file")
+
+    def poll(self, timeout: Any) -> bool:
+        raise EOFError("the agent does not wait on a client")
+
+    def read(self, count: int) -> bytes:
+        raise EOFError("the agent does not wait on a client")
+
+    def write(self, data: bytes) -> None:
+        self.data += data
 
 
 class _LoopChannel(Channel):  # type: ignore[misc]
@@ -78,8 +101,11 @@ class _LoopChannel(Channel):  # type: ignore[misc]
     The loop reads bytes, cuts them into frames itself (bounded in size, also
     after decompression) and queues them here; RPyC only ever finds a complete
     frame waiting. Anything that would wait for more from the client (a nested
-    request back to it) ends the connection instead.
+    request back to it) ends the connection instead. What RPyC sends goes
+    through :meth:`Channel.send` unchanged, into an :class:`_Outbox`.
     """
+
+    __slots__ = ("frames",)
 
     def __init__(self) -> None:
         super().__init__(_Outbox(), compress=True)
@@ -129,22 +155,23 @@ class _Client:
 def _cut_frame(inbox: bytearray) -> bytes | None:
     """Take the first complete RPyC frame off ``inbox``, or return ``None``.
 
-    A frame is a header ``"!LB"`` (length, compressed flag), the data, a newline
-    (:class:`rpyc.core.channel.Channel`).
+    A frame is a :data:`~flask_utd.core.wire.FRAME_HEADER` (length, compressed
+    flag), the data, a :data:`~flask_utd.core.wire.FLUSHER`, as
+    :class:`rpyc.core.channel.Channel` writes it.
 
     :raises _Drop: the frame is larger than :data:`MAX_FRAME`, before or after
         decompression, does not decompress, or is empty.
     """
-    header = Channel.FRAME_HEADER
-    if len(inbox) < header.size:
+    if len(inbox) < FRAME_HEADER.size:
         return None
-    length, compressed = header.unpack_from(inbox)
+    length, compressed = FRAME_HEADER.unpack_from(inbox)
     if length > MAX_FRAME:
         raise _Drop(f"a frame of {length} bytes (at most {MAX_FRAME})")
-    end = header.size + length + len(Channel.FLUSHER)
+    start = FRAME_HEADER.size
+    end = start + length + len(FLUSHER)
     if len(inbox) < end:
         return None
-    data = bytes(inbox[header.size : header.size + length])
+    data = bytes(inbox[start : start + length])
     del inbox[:end]
     if compressed:
         inflate = zlib.decompressobj()
@@ -159,14 +186,14 @@ def _cut_frame(inbox: bytearray) -> bytes | None:
     return data
 
 
-class AgentServer(Server):  # type: ignore[misc]
+class AgentServer:
     """The agent's RPyC server: one thread, one poll loop, a few clients at once.
 
     The loop in :meth:`start` waits on the listening socket and on every client
     with a selector, and never blocks on any one client: it reads what a client
-    sent, cuts it into frames itself, lets RPyC answer each complete frame (the
-    dump runs right there, in the agent thread), and sends the answer as the
-    client takes it. So:
+    sent, cuts it into frames itself, lets the client's RPyC connection answer
+    each complete frame (the dump runs right there, in the agent thread), and
+    sends the answer as the client takes it. So:
 
     - at most :data:`MAX_CLIENTS` clients are served at once, at most
       :data:`MAX_CLIENTS_PER_PEER` of one process; when a new client finds no
@@ -179,13 +206,26 @@ class AgentServer(Server):  # type: ignore[misc]
       :data:`CONNECTION_DEADLINE` whatever it does;
     - a frame larger than :data:`MAX_FRAME` (also after decompression), bytes
       that are not RPyC, and a peer of another uid end the connection at once.
+
+    :param service: the RPyC service that every connection serves (one
+        instance for all).
+    :param listener: a listening Unix socket; the server owns it from now on
+        and closes it in :meth:`close`.
+    :param config: the RPyC settings of every connection
+        (:data:`flask_utd.agent.rpc.SERVER_CONFIG`); ``credentials`` is set to
+        the peer's pid.
     """
 
-    active: bool
-    _closed: bool
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, service: Service, listener: socket.socket, config: dict[str, Any]
+    ) -> None:
+        self.service = service
+        self.listener = listener
+        self.config = dict(config)
+        #: Whether the loop should go on; :meth:`close` clears it.
+        self.active = True
+        self._closed = False
+        listener.setblocking(False)
         self._clients: set[_Client] = set()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -203,8 +243,6 @@ class AgentServer(Server):  # type: ignore[misc]
                 return
             self._looping = True
         try:
-            self._listen()
-            self.listener.setblocking(False)
             self._selector.register(self.listener, selectors.EVENT_READ, "listener")
             self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             while self.active:
@@ -279,8 +317,8 @@ class AgentServer(Server):  # type: ignore[misc]
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            sock, peer = self.authenticator(sock)
-        except (AuthenticationError, OSError) as err:
+            peer = _peer_pid(sock)
+        except OSError as err:
             log.debug("flask-utd: the agent refused a peer: %s", err)
             sock.close()
             return
@@ -329,8 +367,10 @@ class AgentServer(Server):  # type: ignore[misc]
         """The client's RPyC connection, made at its first complete frame (a
         flood of connections that send nothing costs no RPyC objects)."""
         if client.conn is None:
-            config = dict(self.protocol_config, credentials=client.peer)
-            client.conn = self.service._connect(client.channel, config)
+            config = dict(self.config, credentials=client.peer)
+            client.conn = connect_channel(
+                client.channel, service=self.service, config=config
+            )
         return client.conn
 
     def _receive(self, client: _Client) -> None:

@@ -1,6 +1,6 @@
-"""The agent's RPyC service: ``dump`` and ``info``, nothing else.
+"""The agent's RPyC service: ``dump``, ``stats`` and ``info``, nothing else.
 
-Both answer JSON text, so nothing but plain data crosses the socket. The dump
+Each answers JSON text, so nothing but plain data crosses the socket. The dump
 runs in the agent's thread, where RPyC calls the service.
 """
 
@@ -18,7 +18,10 @@ from ..core.config import MAX_LOCALS_FRAMES
 from ..core.report import Process
 from ..core.report import process_entry
 from .frame_locals import LocalsRequest
+from .ghosts import ghost_message
+from .ghosts import ghost_threads
 from .snapshot import process_report
+from .tracking import ages
 
 log = logging.getLogger("flask_utd")
 
@@ -107,7 +110,8 @@ def _bounded_json(report: Process) -> str:
 
 
 class UTDService(rpyc.Service):  # type: ignore[misc]
-    """The restricted RPyC service of the agent: ``dump`` and ``info``, nothing else.
+    """The restricted RPyC service of the agent: ``dump``, ``stats`` and ``info``,
+    nothing else.
 
     Both return a JSON string, so nothing but plain data crosses the socket.
     """
@@ -155,4 +159,33 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
         agent = self._agent
         return json.dumps(
             {"pid": os.getpid(), "role": agent.role, "worker_id": agent.worker_id}
+        )
+
+    def exposed_stats(self) -> str:
+        """The requests in flight in this process, without a stack walk: JSON
+        text ``{"pid", "role", "worker_id", "status", "error", "requests"}``,
+        ``requests`` being their ages in seconds, oldest first.
+
+        What ``GET /_utd/metrics`` asks: it reads the request records and the
+        thread list, never a frame, so a scrape costs each process a fraction of
+        a dump. ``status`` is ``"unsafe"`` where a dump would be (the ages are
+        still right there: no frame is read).
+        """
+        agent = self._agent
+        unsafe = agent.unsafe
+        if unsafe is None:
+            ghosts = ghost_threads()
+            if ghosts:
+                unsafe = ghost_message(ghosts)
+        # The watchdog (issue 13) adds its count of records written here, as
+        # "watchdog_records"; ext/prometheus.py turns it into a counter.
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "role": agent.role,
+                "worker_id": agent.worker_id,
+                "status": "ok" if unsafe is None else "unsafe",
+                "error": unsafe,
+                "requests": ages(),
+            }
         )

@@ -225,6 +225,31 @@ def request_of(ident: int, now: float | None = None) -> Request | None:
     }
 
 
+def ages(now: float | None = None) -> list[float]:
+    """How long each request in flight in this process has run, in seconds,
+    oldest first: what ``GET /_utd/metrics`` asks every agent.
+
+    Reads the records only, never a frame. ``utd_bp``'s own requests (a dump
+    or a scrape being served) are left out: they are the question, not the
+    answer.
+
+    :param now: ``time.monotonic()`` of the question.
+    """
+    if now is None:
+        now = time.monotonic()
+    found = []
+    # A copy first: request threads add and remove their records meanwhile.
+    for environ, _wall, mono, _query in list(_current.values()):
+        endpoint = _attribute(
+            _attribute(environ.get("werkzeug.request"), "url_rule"), "endpoint"
+        )
+        if isinstance(endpoint, str) and endpoint.rpartition(".")[0] == "utd":
+            continue
+        found.append(round(max(0.0, now - mono), 3))
+    found.sort(reverse=True)
+    return found
+
+
 @forks.renew_in_child
 def after_fork_in_child() -> None:
     """A forked child serves none of its parent's requests (only the forking

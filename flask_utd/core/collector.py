@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from . import marks
 from . import sockets
 from . import wire
+from .config import DEFAULTS
 from .errors import InstanceNotFound
 from .fallback import fallback_stacks
 from .fallback import fh_path
@@ -37,9 +39,6 @@ MARGIN = 0.25
 #: ``FALLBACK_MAX`` s before the end) is signalled for its stacks instead.
 FALLBACK_SHARE = 0.25
 FALLBACK_MAX = 0.5
-#: The default of ``UTD_SLOW_REQUEST`` (``config.DEFAULTS``; a test keeps them
-#: equal), here so that the lean command need not import :mod:`flask_utd.config`.
-SLOW_AFTER = 5.0
 
 
 def _utc_now() -> str:
@@ -63,7 +62,7 @@ def _timeout_message(pid: int, timeout: float) -> str:
 def ask(path: str, pid: int, deadline: float, timeout: float, options: str) -> Process:
     """Ask the agent on ``path`` for its process report; never raise.
 
-    Speaks to the agent's RPyC server through :mod:`flask_utd.wire`, which does
+    Speaks to the agent's RPyC server through :mod:`flask_utd.core.wire`, which does
     not import RPyC (see docs/performance.md).
     """
     call = wire.Call(path, "dump", options)
@@ -253,12 +252,12 @@ def collect(
     socket_dir: str,
     instance: str,
     *,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     pid: int | None = None,
     roster: Iterable[dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
     fallback: bool = True,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
 ) -> Report:
     """Collect the report of every process of ``instance``.
 
@@ -309,27 +308,8 @@ def collect(
             asked, deadline, final, timeout, text_options, fallback, read_children
         )
     read_children()
-    known = {p["pid"] for p in processes}
-    for worker in roster or ():
-        if (
-            worker["pid"]
-            and worker["pid"] not in known
-            and pid in (None, worker["pid"])
-        ):
-            processes.append(
-                process_entry(
-                    worker["pid"],
-                    status="error",
-                    error=f"worker {worker['worker_id']} (pid {worker['pid']}) has no"
-                    " agent socket: it may be starting, or its agent failed to start"
-                    " (see its log).",
-                    role="worker",
-                    worker_id=worker["worker_id"],
-                )
-            )
-    processes.sort(
-        key=lambda p: (ROLE_ORDER.get(p["role"], 5), p["worker_id"] or 0, p["pid"])
-    )
+    processes += _without_socket(roster, processes, pid)
+    processes.sort(key=_process_order)
     report: Report = {
         "schema": SCHEMA,
         "generated_at": _utc_now(),
@@ -343,18 +323,106 @@ def collect(
     return report
 
 
+def _without_socket(
+    roster: Iterable[dict[str, Any]] | None,
+    processes: list[Process],
+    pid: int | None = None,
+) -> list[Process]:
+    """An ``error`` entry for each worker of the server's ``roster`` that is not
+    among ``processes`` (it has no agent socket)."""
+    known = {p["pid"] for p in processes}
+    return [
+        process_entry(
+            worker["pid"],
+            status="error",
+            error=f"worker {worker['worker_id']} (pid {worker['pid']}) has no agent"
+            " socket: it may be starting, or its agent failed to start (see its"
+            " log).",
+            role="worker",
+            worker_id=worker["worker_id"],
+        )
+        for worker in roster or ()
+        if worker["pid"] and worker["pid"] not in known and pid in (None, worker["pid"])
+    ]
+
+
+def _process_order(process: Mapping[str, Any]) -> tuple[int, int, int]:
+    return (
+        ROLE_ORDER.get(process["role"], 5),
+        process["worker_id"] or 0,
+        process["pid"],
+    )
+
+
+def collect_stats(
+    socket_dir: str,
+    instance: str,
+    *,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
+    roster: Iterable[dict[str, Any]] | None = None,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+) -> dict[str, Any]:
+    """Ask every process of ``instance`` how many requests it serves and since
+    when: the agents' ``stats``, which walks no stack (``GET /_utd/metrics``).
+
+    Returns within ``timeout`` plus a small margin. Each process is listed with
+    the same ``status`` and ``error`` as in a dump (there is no faulthandler
+    fallback: a process that does not answer is a ``timeout``), and where its
+    agent answered, ``in_flight``, ``oldest_s`` (``0.0`` when idle) and
+    ``stuck``, the count of requests of at least ``slow_after`` seconds.
+
+    :param roster: the server's own list of workers, as for :func:`collect`.
+    :param slow_after: ``UTD_SLOW_REQUEST``.
+    """
+    started = time.monotonic()
+    directory = sockets.instance_dir(socket_dir, instance)
+    entries = sockets.list_entries(directory)
+    processes: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.kind == "unsafe":
+            found = _unsafe_entry(entry)
+            if found is not None:
+                processes.append(dict(found))
+    asked = [e for e in entries if e.kind == "socket"]
+    calls = [wire.Call(e.path, "stats") for e in asked]
+    wire.call_all(calls, started + timeout)
+    for call, entry in zip(calls, asked, strict=True):
+        answer: dict[str, Any] = dict(_outcome(call, entry.pid, timeout))
+        ages = answer.pop("requests", None)
+        if isinstance(ages, list):
+            answer["in_flight"] = len(ages)
+            answer["oldest_s"] = max(ages, default=0.0)
+            answer["stuck"] = sum(1 for age in ages if age >= slow_after)
+        processes.append(answer)
+    for process in processes:
+        process.pop("threads", None)
+    processes += [
+        {k: v for k, v in p.items() if k != "threads"}
+        for p in _without_socket(roster, [], None)
+        if p["pid"] not in {q["pid"] for q in processes}
+    ]
+    processes.sort(key=_process_order)
+    return {
+        "host": socket.gethostname(),
+        "instance": instance,
+        "slow_after": slow_after,
+        "elapsed_s": round(time.monotonic() - started, 4),
+        "processes": processes,
+    }
+
+
 def collect_samples(
     socket_dir: str,
     instance: str,
     *,
     samples: int,
     interval: float,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     **kwargs: Any,
 ) -> Report:
     """Collect ``samples`` reports of ``instance``, ``interval`` seconds apart
     (from the start of one to the start of the next, or at once when one took
-    longer), and merge them (:func:`flask_utd.core.samples.merge`): the last
+    longer), and merge them (:func:`flask_utd.core.samples.merge_samples`): the last
     report, every thread with ``moved`` and ``same_line_s``, the summary
     computed anew with the unmoved request threads first.
 
@@ -366,7 +434,7 @@ def collect_samples(
     :param interval: seconds between the starts of two collections.
     :param kwargs: what :func:`collect` takes besides ``slow_after``.
     """
-    from .samples import merge
+    from .samples import merge_samples
 
     if samples < 1 or not interval > 0:
         raise ValueError("samples must be 1 or more and interval above 0")
@@ -380,7 +448,7 @@ def collect_samples(
         taken.append(
             (when, collect(socket_dir, instance, slow_after=slow_after, **kwargs))
         )
-    report = merge(taken, interval)
+    report = merge_samples(taken, interval)
     report["elapsed_s"] = round(time.monotonic() - started, 4)
     report["summary"] = summarize(report, slow_after)
     return report

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
 LOCALS_REPRS = ("builtin", "all")
 #: Most frames per thread whose locals a dump may show.
 MAX_LOCALS_FRAMES = 20
+#: The longest deadline per process, in seconds (``UTD_TIMEOUT``, ``--timeout``).
+MAX_TIMEOUT = 60
 #: The forms of the watchdog's log records (``UTD_WATCHDOG_FORMAT``): one
 #: readable block, or one JSON object per line.
 WATCHDOG_FORMATS = ("text", "json")
@@ -52,7 +54,10 @@ WATCHDOG_SHARE = 0.6
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated settings of one app, kept in ``app.extensions["utd"]``."""
+    """The validated settings of one app, kept in ``app.extensions["utd"]``.
+
+    Made by :func:`load_settings` only; the defaults are :data:`DEFAULTS`.
+    """
 
     #: Directory that holds one sub-directory per server instance.
     socket_dir: str
@@ -61,29 +66,29 @@ class Settings:
     #: The key that signs dump URLs: ``UTD_SECRET_KEY``, else ``SECRET_KEY``.
     secret_key: str | bytes = field(repr=False)
     #: The signal on which every process registers :mod:`faulthandler`, or ``None``.
-    fault_signal: int | None = None
+    fault_signal: int | None
     #: Whether the request context keeps the query string of the path.
-    capture_query: bool = False
+    capture_query: bool
     #: Requests older than this many seconds are listed first, as stuck.
-    slow_request: float = 5.0
+    slow_request: float
     #: Whether a dump may show the locals of frames (asked per dump).
-    locals: bool = False
+    locals: bool
     #: How many innermost frames per thread show their locals.
-    locals_frames: int = 3
+    locals_frames: int
     #: ``"builtin"`` or ``"all"``: see :data:`LOCALS_REPRS`.
-    locals_repr: str = "builtin"
+    locals_repr: str
     #: Seconds a dump may spend on locals, all threads together.
-    locals_budget: float = 0.5
+    locals_budget: float
     #: The longest a signed dump URL is valid, in seconds.
-    url_max_age: float = 300.0
+    url_max_age: float
     #: Where the uWSGI master serves ``/_utd/``: ``(host, port)`` or a Unix
     #: socket path; ``None`` for no admin listener.
-    admin_listen: tuple[str, int] | str | None = None
+    admin_listen: tuple[str, int] | str | None
     #: ``UTD_WATCHDOG``: seconds, ``"auto"`` (resolved where the agent starts,
     #: see :func:`watchdog_threshold`) or ``None`` for no watchdog.
-    watchdog: float | str | None = "auto"
+    watchdog: float | str | None
     #: ``"text"`` or ``"json"``: see :data:`WATCHDOG_FORMATS`.
-    watchdog_format: str = "text"
+    watchdog_format: str
 
 
 def default_socket_dirs() -> list[str]:
@@ -135,9 +140,10 @@ def load_settings(config: dict[str, Any], *, need_secret: bool = True) -> Settin
         raise ConfigError(
             f"UTD_TIMEOUT must be a number of seconds, not {timeout!r}; e.g. 2.0."
         )
-    if not 0 < timeout <= 60:
+    if not 0 < timeout <= MAX_TIMEOUT:
         raise ConfigError(
-            f"UTD_TIMEOUT must be more than 0 and at most 60 seconds, not {timeout!r}."
+            f"UTD_TIMEOUT must be more than 0 and at most {MAX_TIMEOUT} seconds,"
+            f" not {timeout!r}."
         )
     for key in ("UTD_CAPTURE_QUERY", "UTD_LOCALS"):
         if not isinstance(config[key], bool):

@@ -29,3 +29,8 @@ class SocketDirError(UTDError):
 class InstanceNotFound(UTDError):
     """No running server instance (or not exactly one) was found in the socket
     directory."""
+
+
+class ReportError(UTDError):
+    """A report given to ``merge`` cannot be read, or is not a ``flask-utd/1``
+    report. The message names the file."""

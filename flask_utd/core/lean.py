@@ -1,163 +1,186 @@
 """``python -m flask_utd dump``: the lean command, without Flask, click or RPyC.
 
 A dump is taken when the server is in trouble, so this command is built to start
-fast: it imports only the standard library's cheapest modules (not even
-:mod:`argparse`), the collector and
-:mod:`flask_utd.wire`. Its options, output and exit codes are those of
-``flask utd dump`` (:mod:`flask_utd.cli`).
+fast: it imports the standard library, the collector and the client side of the
+wire (:mod:`flask_utd.core.wire`), and Jinja only for ``--format html``. Its
+options, output and exit codes are those of ``flask utd dump``
+(:mod:`flask_utd.ext.cli`).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from .collector import SLOW_AFTER
+from . import formats
 from .collector import all_answered
 from .collector import collect
 from .collector import collect_samples
 from .collector import find_instance
+from .config import DEFAULTS
+from .config import MAX_TIMEOUT
+from .config import default_socket_dirs
 from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
-from .render import render_text
 from .report import Report
 from .samples import DEFAULT_INTERVAL
 from .samples import MAX_INTERVAL
 from .samples import MAX_SAMPLES
 
-USAGE = """\
-Usage: {prog} dump [OPTIONS]
 
-  Print a thread dump of every process of the running server.
-
-Options:
-  --socket-dir DIR     The server's UTD_SOCKET_DIR (default: the per-user
-                       directories).
-  --json               Print the flask-utd/1 JSON report.
-  --pid PID            Only this process.
-  --instance ID        The server instance (its master's pid), when several
-                       are running.
-  --timeout SECONDS    Each process's deadline in seconds, more than 0 and at
-                       most 60 (default: 2).
-  --locals             Show the locals of the innermost frames (the app must
-                       set UTD_LOCALS).
-  --slow-after SECONDS List requests older than this many seconds first, as
-                       stuck (default: 5).
-  --samples N          Take N dumps and say of every thread whether it moved
-                       between them (default: 1, at most {max_samples}).
-  --interval SECONDS   Seconds between samples (default: {interval:g}, at
-                       most {max_interval:g}).
-  --help               Show this message and exit.
-"""
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")  # fails every range check below
 
 
-class _Usage(Exception):
-    """A command line this command does not take."""
+def _timeout(value: str) -> float:
+    seconds = _seconds(value)
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number more than 0 and at most {MAX_TIMEOUT}"
+        )
+    return seconds
 
 
-def _parse(argv: Sequence[str]) -> dict[str, Any]:
-    """The options of ``dump``, parsed by hand: :mod:`argparse` and what it pulls
-    in (``gettext``, ``locale``, ``shutil``) cost more than a dump's whole budget."""
-    args = list(argv)
-    if not args or args[0] in ("-h", "--help"):
-        raise _Usage("")
-    if args[0] != "dump":
-        raise _Usage(f"no such command {args[0]!r}.")
-    options: dict[str, Any] = {
-        "socket_dir": None,
-        "as_json": False,
-        "pid": None,
-        "instance": None,
-        "timeout": 2.0,
-        "show_locals": False,
-        "slow_after": SLOW_AFTER,
-        "samples": 1,
-        "interval": DEFAULT_INTERVAL,
-    }
-    takes_value = {
+def _slow_after(value: str) -> float:
+    seconds = _seconds(value)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds (0 or more)"
+        )
+    return seconds
+
+
+def _samples(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number from 1 to {MAX_SAMPLES}"
+        )
+    return int(value)
+
+
+def _interval(value: str) -> float:
+    seconds = _seconds(value)
+    if not 0 < seconds <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds more than 0 and at most"
+            f" {MAX_INTERVAL:g}"
+        )
+    return seconds
+
+
+def make_parser(prog: str) -> argparse.ArgumentParser:
+    """The command line: the ``dump`` command and its options.
+
+    :param prog: the command's name in its usage.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Thread dumps of a running flask-utd server."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    dump = commands.add_parser(
+        "dump",
+        help="print a thread dump of every process of the running server",
+        description="Print a thread dump of every process of the running server.",
+    )
+    dump.add_argument(
         "--socket-dir",
-        "--pid",
+        metavar="DIR",
+        help="the server's UTD_SOCKET_DIR (default: the per-user directories)",
+    )
+    output = dump.add_mutually_exclusive_group()
+    output.add_argument(
+        "--format",
+        choices=list(formats.FORMATS),
+        default=formats.DEFAULT,
+        help="what to print: %(choices)s (default: %(default)s)",
+    )
+    output.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="the same as --format json",
+    )
+    dump.add_argument("--pid", type=int, help="only this process")
+    dump.add_argument(
         "--instance",
+        metavar="ID",
+        help="the server instance (its master's pid), when several are running",
+    )
+    dump.add_argument(
         "--timeout",
+        metavar="SECONDS",
+        type=_timeout,
+        default=DEFAULTS["UTD_TIMEOUT"],
+        help="each process's deadline in seconds, more than 0 and at most"
+        f" {MAX_TIMEOUT} (default: %(default)g)",
+    )
+    dump.add_argument(
+        "--locals",
+        dest="show_locals",
+        action="store_true",
+        help="show the locals of the innermost frames (the app must set UTD_LOCALS)",
+    )
+    dump.add_argument(
         "--slow-after",
+        metavar="SECONDS",
+        type=_slow_after,
+        default=DEFAULTS["UTD_SLOW_REQUEST"],
+        help="list requests older than this many seconds first, as stuck"
+        " (default: %(default)g)",
+    )
+    dump.add_argument(
         "--samples",
+        metavar="N",
+        type=_samples,
+        default=1,
+        help="take N dumps and say of every thread whether it moved between them"
+        f" (default: %(default)s, at most {MAX_SAMPLES})",
+    )
+    dump.add_argument(
         "--interval",
-    }
-    rest = args[1:]
-    while rest:
-        arg = rest.pop(0)
-        if arg in ("-h", "--help"):
-            raise _Usage("")
-        name, eq, value = arg.partition("=")
-        if name == "--json" and not eq:
-            options["as_json"] = True
-            continue
-        if name == "--locals" and not eq:
-            options["show_locals"] = True
-            continue
-        if name not in takes_value:
-            raise _Usage(f"no such option: {name}")
-        if not eq:
-            if not rest:
-                raise _Usage(f"option {name} requires an argument.")
-            value = rest.pop(0)
-        if name == "--socket-dir":
-            options["socket_dir"] = value
-        elif name == "--instance":
-            options["instance"] = value
-        elif name == "--pid":
-            try:
-                options["pid"] = int(value)
-            except ValueError:
-                raise _Usage(
-                    f"invalid value for --pid: {value!r} is not an integer."
-                ) from None
-        elif name == "--samples":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_SAMPLES:
-                raise _Usage(
-                    f"invalid value for --samples: {value!r} is not a whole number"
-                    f" from 1 to {MAX_SAMPLES}."
-                )
-            options["samples"] = int(value)
-        elif name == "--interval":
-            try:
-                interval = float(value)
-            except ValueError:
-                interval = float("nan")
-            if not 0 < interval <= MAX_INTERVAL:
-                raise _Usage(
-                    f"invalid value for --interval: {value!r} is not a number of"
-                    f" seconds more than 0 and at most {MAX_INTERVAL:g}."
-                )
-            options["interval"] = interval
-        elif name == "--slow-after":
-            try:
-                slow = float(value)
-            except ValueError:
-                slow = float("nan")
-            if not slow >= 0:
-                raise _Usage(
-                    f"invalid value for --slow-after: {value!r} is not a number of"
-                    " seconds (0 or more)."
-                )
-            options["slow_after"] = slow
-        else:
-            try:
-                timeout = float(value)
-            except ValueError:
-                timeout = float("nan")
-            if not 0 < timeout <= 60:
-                raise _Usage(
-                    f"invalid value for --timeout: {value!r} is not a number more"
-                    " than 0 and at most 60."
-                )
-            options["timeout"] = timeout
-    return options
+        metavar="SECONDS",
+        type=_interval,
+        default=DEFAULT_INTERVAL,
+        help="seconds between samples (default: %(default)g, at most"
+        f" {MAX_INTERVAL:g})",
+    )
+    merge = commands.add_parser(
+        "merge",
+        help="merge the reports of several hosts or server instances into one",
+        description="Merge the flask-utd/1 reports of several hosts or server"
+        " instances into one: stuck requests across all of them first, identical"
+        " stacks grouped across hosts.",
+    )
+    merge.add_argument(
+        "paths",
+        metavar="REPORT",
+        nargs="+",
+        help="a file of one report or more (`dump --format json`), or - for"
+        " standard input",
+    )
+    merge.add_argument(
+        "--format",
+        choices=list(formats.FORMATS),
+        default=formats.DEFAULT,
+        help="what to print: %(choices)s (default: %(default)s)",
+    )
+    merge.add_argument(
+        "--slow-after",
+        metavar="SECONDS",
+        type=_slow_after,
+        default=None,
+        help="list requests older than this many seconds first, as stuck"
+        " (default: the smallest of the reports' own)",
+    )
+    return parser
 
 
 def collect_one(
@@ -165,9 +188,9 @@ def collect_one(
     *,
     instance: str | None = None,
     pid: int | None = None,
-    timeout: float = 2.0,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     samples: int = 1,
     interval: float = DEFAULT_INTERVAL,
 ) -> Report:
@@ -206,11 +229,6 @@ def collect_one(
     return report
 
 
-def report_text(report: Report, as_json: bool) -> str:
-    """The report as the commands print it: JSON, or the readable dump."""
-    return json.dumps(report, indent=2) + "\n" if as_json else render_text(report)
-
-
 def exit_code(report: Report) -> int:
     """0 when every process answered, 3 when some did not."""
     return EXIT_OK if all_answered(report) else EXIT_PARTIAL
@@ -221,15 +239,16 @@ def dump(
     *,
     instance: str | None = None,
     pid: int | None = None,
-    as_json: bool = False,
-    timeout: float = 2.0,
+    format: str = formats.DEFAULT,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = SLOW_AFTER,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     samples: int = 1,
     interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
+    :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :returns: 0 when every process answered, 2 on a usage error (said on
         stderr), 3 when some process did not answer.
     """
@@ -247,9 +266,37 @@ def dump(
     except InstanceNotFound as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(report_text(report, as_json))
+    sys.stdout.write(formats.render(report, format))
     sys.stdout.flush()
     return exit_code(report)
+
+
+def merge(
+    paths: Sequence[str],
+    *,
+    format: str = formats.DEFAULT,
+    slow_after: float | None = None,
+) -> int:
+    """Merge the reports in ``paths`` (``-`` for standard input), print the
+    merged report, return the exit code.
+
+    :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
+    :returns: 0, or 2 when an input cannot be merged (said on stderr, in one
+        line).
+    """
+    from .errors import ReportError
+    from .merge import merge_reports
+    from .merge import read_reports
+
+    try:
+        reports, names = read_reports(paths)
+        merged = merge_reports(reports, slow_after=slow_after, names=names)
+    except ReportError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(formats.render(merged, format))
+    sys.stdout.flush()
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> None:
@@ -261,36 +308,25 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
     if prog_name is None:
         script = os.path.basename(sys.argv[0]) if sys.argv else ""
         prog_name = script if script == "flask-utd" else "python -m flask_utd"
-    try:
-        options = _parse(sys.argv[1:] if argv is None else argv)
-    except _Usage as err:
-        usage = USAGE.format(
-            prog=prog_name,
-            max_samples=MAX_SAMPLES,
-            interval=DEFAULT_INTERVAL,
-            max_interval=MAX_INTERVAL,
+    options = make_parser(prog_name).parse_args(argv)
+    if options.command == "merge":
+        raise SystemExit(
+            merge(options.paths, format=options.format, slow_after=options.slow_after)
         )
-        if not str(err):
-            sys.stdout.write(usage)
-            raise SystemExit(EXIT_OK) from None
-        sys.stderr.write(f"{usage}\nError: {err}\n")
-        raise SystemExit(EXIT_USAGE) from None
-    if options["socket_dir"]:
-        dirs = [os.path.abspath(options["socket_dir"])]
+    if options.socket_dir:
+        dirs = [os.path.abspath(options.socket_dir)]
     else:
-        from .config import default_socket_dirs
-
         dirs = default_socket_dirs()
     raise SystemExit(
         dump(
             dirs,
-            instance=options["instance"],
-            pid=options["pid"],
-            as_json=options["as_json"],
-            timeout=options["timeout"],
-            show_locals=options["show_locals"],
-            slow_after=options["slow_after"],
-            samples=options["samples"],
-            interval=options["interval"],
+            instance=options.instance,
+            pid=options.pid,
+            format=options.format,
+            timeout=options.timeout,
+            show_locals=options.show_locals,
+            slow_after=options.slow_after,
+            samples=options.samples,
+            interval=options.interval,
         )
     )

@@ -8,13 +8,21 @@ from typing import Any
 from .report import Report
 from .report import Request
 from .report import Thread
+from .summary import process_key
+
+
+def _origin(process: Mapping[str, Any]) -> str:
+    """Where a process of a merged report runs: `` on HOST, instance ID``."""
+    if "host" not in process:
+        return ""
+    return f" on {process['host']}, instance {process.get('instance')}"
 
 
 def _process_title(process: Mapping[str, Any]) -> str:
     role = process["role"]
     if process.get("worker_id"):
         role = f"{role} {process['worker_id']}"
-    return f"{role} (pid {process['pid']})"
+    return f"{role} (pid {process['pid']}){_origin(process)}"
 
 
 def _thread_title(thread: Thread) -> str:
@@ -30,8 +38,10 @@ def _thread_title(thread: Thread) -> str:
 
 def _where(process: Mapping[str, Any]) -> str:
     if process.get("worker_id"):
-        return f"worker {process['worker_id']} (pid {process['pid']})"
-    return f"{process.get('role') or 'process'} (pid {process['pid']})"
+        where = f"worker {process['worker_id']} (pid {process['pid']})"
+    else:
+        where = f"{process.get('role') or 'process'} (pid {process['pid']})"
+    return where + _origin(process)
 
 
 def _seconds(value: float | None) -> str:
@@ -53,7 +63,7 @@ def _plural(n: int, word: str) -> str:
 
 def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    roles = {(p["pid"]): p for p in report["processes"]}
+    roles = {process_key(p): p for p in report["processes"]}
     stuck = summary.get("stuck_requests") or []
     slow = summary.get("slow_after")
     older = f" (older than {slow:g} s)" if isinstance(slow, (int, float)) else ""
@@ -62,7 +72,7 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
         lines.append(f"Stuck requests{older}, oldest first:")
         for item in stuck:
             process = roles.get(
-                item["pid"], {"pid": item["pid"], "role": item.get("role")}
+                process_key(item), {"pid": item["pid"], "role": item.get("role")}
             )
             endpoint = f" ({item['endpoint']})" if item.get("endpoint") else ""
             lines.append(
@@ -88,7 +98,7 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append("Identical stacks:")
         for group in shared:
-            pids = {t["pid"] for t in group["threads"]}
+            pids = {process_key(t) for t in group["threads"]}
             kinds = {roles[pid].get("role") for pid in pids if pid in roles}
             noun = "worker" if kinds == {"worker"} else "process"
             place = (
@@ -100,13 +110,17 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
                     else f"{group['processes']} processes"
                 )
             )
+            if group.get("hosts", 1) > 1:
+                place += f" on {group['hosts']} hosts"
             frame = group.get("app_frame") or (group["frames"] or [None])[-1]
             lines.append(
                 f"  {group['count']} threads in {place}:"
                 f" {group.get('wait') or 'unknown'} at {_frame_line(frame)}"
             )
             names = ", ".join(
-                f'"{t["name"]}" (pid {t["pid"]})' for t in group["threads"][:8]
+                f'"{t["name"]}" (pid {t["pid"]}'
+                + (f" on {t['host']})" if "host" in t else ")")
+                for t in group["threads"][:8]
             )
             more = len(group["threads"]) - 8
             lines.append(f"      {names}{f', and {more} more' if more > 0 else ''}")
@@ -163,14 +177,26 @@ def render_text(report: Report) -> str:
     """
     processes = report["processes"]
     answered = sum(1 for p in processes if p["status"] == "ok")
-    lines = [
-        f"flask-utd thread dump of server instance {report.get('instance')} on"
-        f" {report['host']} at {report['generated_at']}",
-        f"{len(processes)} process(es), {answered} answered",
-    ]
+    sources = report.get("merged_from")
+    if sources:
+        lines = [
+            f"flask-utd thread dump merged from {len(sources)} reports at"
+            f" {report['generated_at']}:"
+        ]
+        lines += [
+            f"  instance {s.get('instance')} on {s.get('host')}, taken"
+            f" {s.get('generated_at')}"
+            for s in sources
+        ]
+    else:
+        lines = [
+            f"flask-utd thread dump of server instance {report.get('instance')} on"
+            f" {report['host']} at {report['generated_at']}"
+        ]
+    lines.append(f"{len(processes)} process(es), {answered} answered")
     unlisted = report.get("unlisted")
     if unlisted:
-        pids = ", ".join(str(u["pid"]) for u in unlisted)
+        pids = ", ".join(f"{u['pid']}{_origin(u)}" for u in unlisted)
         lines.append(
             f"Not in this dump: pid {pids}, child(ren) of the master with no agent"
             " (a worker starting or exiting, or a process that runs no app, such"
@@ -178,9 +204,10 @@ def render_text(report: Report) -> str:
         )
     summary = report.get("summary")
     if summary is None:
+        from .config import DEFAULTS
         from .summary import summarize
 
-        summary = summarize(report, 5.0)
+        summary = summarize(report, DEFAULTS["UTD_SLOW_REQUEST"])
     samples = report.get("samples")
     if samples:
         lines.append(
@@ -294,16 +321,18 @@ def _requests_in_progress(
     """Every request being served, from the threads themselves: those that did
     not move across samples first, then those the summary lists as stuck
     (``stuck_requests``), marked, then the oldest."""
-    stuck_by_key = {(r.get("pid"), r.get("ident")): r for r in stuck}
+    stuck_by_key = {(*process_key(r), r.get("ident")): r for r in stuck}
     found = []
     for process in processes:
         for thread in process["threads"]:
             if not thread["serving"] or thread["noise"]:
                 continue
             request = thread.get("request") or {}
-            listed = stuck_by_key.get((process["pid"], thread["ident"]))
+            listed = stuck_by_key.get((*process_key(process), thread["ident"]))
             found.append(
                 {
+                    "host": process.get("host"),
+                    "instance": process.get("instance"),
                     "pid": process["pid"],
                     "role": process["role"],
                     "worker_id": process.get("worker_id"),

@@ -135,6 +135,8 @@ class Report(_ReportRequired, total=False):
     #: Live children of the master that are not in the report.
     unlisted: list[dict[str, int]]
     summary: dict[str, Any]
+    #: In a merged report: host, instance and time of each report merged.
+    merged_from: list[dict[str, Any]]
     #: With samples (``--samples``): ``{"count": N, "interval_s": S}``.
     samples: dict[str, Any]
 

@@ -3,7 +3,7 @@ moved between them.
 
 One dump cannot tell a thread that is stuck from one that is busy; two or more,
 a second apart, can. The collector asks every agent N times and merges the
-answers here (:func:`merge`); the watchdog compares the stacks it saw of one
+answers here (:func:`merge_samples`); the watchdog compares the stacks it saw of one
 request at its checks (:func:`compare`). Both say the same two things of a
 thread: ``moved`` (whether its stack changed) and ``same_line_s`` (for how long,
 up to the last sample, it was on the same innermost line).
@@ -82,7 +82,7 @@ def _identity(thread: Thread) -> tuple[Any, ...]:
     )
 
 
-def merge(reports: Sequence[tuple[float, Report]], interval: float) -> Report:
+def merge_samples(reports: Sequence[tuple[float, Report]], interval: float) -> Report:
     """One report from samples of the same instance, oldest first: the last
     one, with ``moved`` and ``same_line_s`` on every thread and ``samples`` on
     the report. A thread (of a process, serving the same request) found in

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,11 +56,28 @@ def _stack_key(frames: Sequence[Frame]) -> tuple[tuple[Any, ...], ...]:
     return tuple((f.get("file"), f.get("line"), f.get("function")) for f in frames)
 
 
+def process_key(process: Mapping[str, Any]) -> tuple[Any, Any, int]:
+    """What tells a process from every other in a report: its pid, and in a
+    report merged from several hosts (:mod:`flask_utd.core.merge`) its host and
+    server instance, since pids repeat across hosts (every container's first
+    process is pid 1)."""
+    return (process.get("host"), process.get("instance"), process["pid"])
+
+
+def _origin(process: Mapping[str, Any]) -> dict[str, Any]:
+    """``host`` and ``instance`` of a process of a merged report, else nothing."""
+    if "host" not in process:
+        return {}
+    return {"host": process["host"], "instance": process.get("instance")}
+
+
 def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     """The ``summary`` of a ``flask-utd/1`` report.
 
     flask-utd's own threads (``own``) are left out of the counts and the groups:
-    they are the dump itself.
+    they are the dump itself. In a merged report (processes labelled with ``host`` and
+    ``instance``), each stuck request and each thread of a group says its host
+    and instance, and each group counts its ``hosts``.
 
     :param report: the merged report (its ``processes``).
     :param slow_after: requests older than this many seconds are stuck
@@ -69,10 +87,12 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
         the oldest) and ``stack_groups`` (largest first).
     """
     processes = report.get("processes") or []
+    merged = any("host" in p for p in processes)
     by_state: Counter[str] = Counter()
     stuck: list[dict[str, Any]] = []
     groups: dict[tuple[tuple[Any, ...], ...], dict[str, Any]] = {}
     for process in processes:
+        origin = _origin(process)
         for thread in process.get("threads") or ():
             if thread.get("own") or thread.get("is_agent"):
                 continue
@@ -82,6 +102,7 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
             if request and (request.get("elapsed_s") or 0) >= slow_after:
                 stuck.append(
                     {
+                        **origin,
                         "pid": process["pid"],
                         "role": process.get("role"),
                         "worker_id": process.get("worker_id"),
@@ -112,9 +133,10 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "_pids": set(),
                 }
             group["count"] += 1
-            group["_pids"].add(process["pid"])
+            group["_pids"].add(process_key(process))
             group["threads"].append(
                 {
+                    **origin,
                     "pid": process["pid"],
                     "ident": thread.get("ident"),
                     "name": thread.get("name"),
@@ -124,7 +146,10 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     stuck.sort(key=lambda s: (s["moved"] is not False, -(s["elapsed_s"] or 0)))
     stack_groups = sorted(groups.values(), key=lambda g: -g["count"])
     for group in stack_groups:
-        group["processes"] = len(group.pop("_pids"))
+        keys = group.pop("_pids")
+        group["processes"] = len(keys)
+        if merged:
+            group["hosts"] = len({key[0] for key in keys})
     return {
         "processes": len(processes),
         "answered": sum(1 for p in processes if p.get("status") == "ok"),

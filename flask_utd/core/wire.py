@@ -3,11 +3,10 @@
 The collector asks every agent for one thing: ``root.dump(options)``, a string
 in, a string out. ``import rpyc`` alone costs about 90 ms, which is more than
 half of what a lean dump may take (see docs/performance.md), so the collector
-speaks the few messages it needs itself, to the unchanged RPyC server of the
-agent:
+speaks the few messages it needs itself, to the agent's RPyC connections:
 
-- the channel: frames of ``!LB`` (length, zlib-compressed flag), the payload,
-  then ``b"\\n"``;
+- the channel: frames of a :data:`FRAME_HEADER` (length, zlib-compressed flag),
+  the payload, then :data:`FLUSHER`;
 - a message: one byte (``MSG_REQUEST`` 1, ``MSG_REPLY`` 2, ``MSG_EXCEPTION`` 3)
   then, in brine, ``(seq, body)``; a request's body is ``(handler, boxed args)``;
 - brine, RPyC's serializer, for ``None``, ``bool``, ``int``, ``float``,
@@ -19,8 +18,9 @@ agent:
 :func:`call_all` makes the calls to every agent at once from one thread, each
 socket non-blocking under one selector. Nothing that comes back is ever turned
 into a reference or an object: a reply that is not plain data is an error. The
-agent side stays pure RPyC (:mod:`flask_utd.agent`); the tests check this client
-against it.
+agent side is RPyC's own protocol, used through its public API
+(:mod:`flask_utd.agent.server`, which cuts frames with the constants here); the
+tests check these constants against RPyC's and this client against the agent.
 
 Imports neither RPyC nor Flask.
 """
@@ -35,6 +35,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+# RPyC's constants that this client uses, by their names in rpyc.core.consts
+# and rpyc.core.brine (tests/test_wire.py checks them against RPyC's).
 MSG_REQUEST = 1
 MSG_REPLY = 2
 MSG_EXCEPTION = 3
@@ -45,7 +47,35 @@ LABEL_REMOTE_REF = 4
 HANDLE_GETROOT = 3
 HANDLE_CALLATTR = 8
 
-_FRAME = struct.Struct("!LB")
+TAG_NONE = 0x00
+TAG_EMPTY_STR = 0x01
+TAG_EMPTY_TUPLE = 0x02
+TAG_TRUE = 0x03
+TAG_FALSE = 0x04
+TAG_UNICODE = 0x08
+#: Bytes of 1 to 4 bytes are tagged ``TAG_STR1`` to ``TAG_STR4`` (0x0D).
+TAG_STR1 = 0x0A
+TAG_STR_L1 = 0x0E
+TAG_STR_L4 = 0x0F
+#: Tuples of 1 to 4 items are tagged ``TAG_TUP1`` to ``TAG_TUP4`` (0x13).
+TAG_TUP1 = 0x10
+TAG_TUP_L1 = 0x14
+TAG_TUP_L4 = 0x15
+TAG_INT_L1 = 0x16
+TAG_INT_L4 = 0x17
+TAG_FLOAT = 0x18
+#: An int ``n`` with ``IMM_INT_MIN <= n < IMM_INT_MAX`` is the one byte
+#: ``n + IMM_INT_BIAS`` (brine's ``IMM_INTS``).
+IMM_INT_MIN = -0x30
+IMM_INT_MAX = 0xA0
+IMM_INT_BIAS = 0x50
+
+#: A frame's header: the length of its data, and whether the data is
+#: zlib-compressed (``rpyc.core.channel.Channel``).
+FRAME_HEADER = struct.Struct("!LB")
+#: What ends a frame, after its data.
+FLUSHER = b"\n"
+
 _I1 = struct.Struct("!B")
 _I4 = struct.Struct("!L")
 _F8 = struct.Struct("!d")
@@ -71,41 +101,41 @@ class ProtocolError(Exception):
 def _dump(obj: Any, out: list[bytes]) -> None:
     kind = type(obj)
     if obj is None:
-        out.append(b"\x00")
+        out.append(_I1.pack(TAG_NONE))
     elif kind is bool:
-        out.append(b"\x03" if obj else b"\x04")
+        out.append(_I1.pack(TAG_TRUE if obj else TAG_FALSE))
     elif kind is int:
-        if -0x30 <= obj < 0xA0:
-            out.append(_I1.pack(obj + 0x50))
+        if IMM_INT_MIN <= obj < IMM_INT_MAX:
+            out.append(_I1.pack(obj + IMM_INT_BIAS))
         else:
             digits = str(obj).encode()
             if len(digits) < 256:
-                out.append(b"\x16" + _I1.pack(len(digits)) + digits)
+                out.append(_I1.pack(TAG_INT_L1) + _I1.pack(len(digits)) + digits)
             else:
-                out.append(b"\x17" + _I4.pack(len(digits)) + digits)
+                out.append(_I1.pack(TAG_INT_L4) + _I4.pack(len(digits)) + digits)
     elif kind is str:
-        out.append(b"\x08")
+        out.append(_I1.pack(TAG_UNICODE))
         _dump(obj.encode("utf-8"), out)
     elif kind is bytes:
         size = len(obj)
         if size == 0:
-            out.append(b"\x01")
+            out.append(_I1.pack(TAG_EMPTY_STR))
         elif size <= 4:
-            out.append(bytes((0x0A + size - 1,)) + obj)
+            out.append(_I1.pack(TAG_STR1 + size - 1) + obj)
         elif size < 256:
-            out.append(b"\x0e" + _I1.pack(size) + obj)
+            out.append(_I1.pack(TAG_STR_L1) + _I1.pack(size) + obj)
         else:
-            out.append(b"\x0f" + _I4.pack(size) + obj)
+            out.append(_I1.pack(TAG_STR_L4) + _I4.pack(size) + obj)
     elif kind is tuple:
         size = len(obj)
         if size == 0:
-            out.append(b"\x02")
+            out.append(_I1.pack(TAG_EMPTY_TUPLE))
         elif size <= 4:
-            out.append(bytes((0x10 + size - 1,)))
+            out.append(_I1.pack(TAG_TUP1 + size - 1))
         elif size < 256:
-            out.append(b"\x14" + _I1.pack(size))
+            out.append(_I1.pack(TAG_TUP_L1) + _I1.pack(size))
         else:
-            out.append(b"\x15" + _I4.pack(size))
+            out.append(_I1.pack(TAG_TUP_L4) + _I4.pack(size))
         for item in obj:
             _dump(item, out)
     else:
@@ -136,40 +166,40 @@ class _Reader:
 
     def load(self) -> Any:
         tag = self.take(1)[0]
-        if 0x20 <= tag < 0xF0:
-            return tag - 0x50
-        if tag == 0x00:
+        if IMM_INT_MIN <= tag - IMM_INT_BIAS < IMM_INT_MAX:
+            return tag - IMM_INT_BIAS
+        if tag == TAG_NONE:
             return None
-        if tag == 0x01:
+        if tag == TAG_EMPTY_STR:
             return b""
-        if tag == 0x02:
+        if tag == TAG_EMPTY_TUPLE:
             return ()
-        if tag == 0x03:
+        if tag == TAG_TRUE:
             return True
-        if tag == 0x04:
+        if tag == TAG_FALSE:
             return False
-        if tag == 0x08:
+        if tag == TAG_UNICODE:
             raw = self.load()
             if type(raw) is not bytes:
                 raise ProtocolError("bad string")
             return raw.decode("utf-8")
-        if 0x0A <= tag <= 0x0D:
-            return self.take(tag - 0x0A + 1)
-        if tag == 0x0E:
+        if TAG_STR1 <= tag < TAG_STR1 + 4:
+            return self.take(tag - TAG_STR1 + 1)
+        if tag == TAG_STR_L1:
             return self.take(self.take(1)[0])
-        if tag == 0x0F:
+        if tag == TAG_STR_L4:
             return self.take(_I4.unpack(self.take(4))[0])
-        if 0x10 <= tag <= 0x13:
-            return tuple(self.load() for _ in range(tag - 0x10 + 1))
-        if tag == 0x14:
+        if TAG_TUP1 <= tag < TAG_TUP1 + 4:
+            return tuple(self.load() for _ in range(tag - TAG_TUP1 + 1))
+        if tag == TAG_TUP_L1:
             return tuple(self.load() for _ in range(self.take(1)[0]))
-        if tag == 0x15:
+        if tag == TAG_TUP_L4:
             return tuple(self.load() for _ in range(_I4.unpack(self.take(4))[0]))
-        if tag == 0x16:
+        if tag == TAG_INT_L1:
             return int(self.take(self.take(1)[0]))
-        if tag == 0x17:
+        if tag == TAG_INT_L4:
             return int(self.take(_I4.unpack(self.take(4))[0]))
-        if tag == 0x18:
+        if tag == TAG_FLOAT:
             return _F8.unpack(self.take(8))[0]
         raise ProtocolError(f"unexpected brine tag {tag:#x}")
 
@@ -188,7 +218,7 @@ def loads(data: bytes) -> Any:
 
 def _request_frame(seq: int, handler: int, boxed_args: tuple[Any, ...]) -> bytes:
     payload = _I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args)))
-    return _FRAME.pack(len(payload), 0) + payload + b"\n"
+    return FRAME_HEADER.pack(len(payload), 0) + payload + FLUSHER
 
 
 #: The first request of every call, ``HANDLE_GETROOT`` as sequence number 1.
@@ -282,22 +312,24 @@ class Call:
         is known. ``recv`` allocates all it is asked for first, and a buffer
         over 128 KiB comes from ``mmap``, which costs more than a small reply."""
         inbox = self._inbox
-        if len(inbox) < _FRAME.size:
+        if len(inbox) < FRAME_HEADER.size:
             return _RECV_FIRST
-        length: int = _FRAME.unpack_from(inbox)[0]
-        return max(1, min(_FRAME.size + length + 1 - len(inbox), _RECV_MAX))
+        length: int = FRAME_HEADER.unpack_from(inbox)[0]
+        end = FRAME_HEADER.size + length + len(FLUSHER)
+        return max(1, min(end - len(inbox), _RECV_MAX))
 
     def _cut_frame(self) -> bytes | None:
         inbox = self._inbox
-        if len(inbox) < _FRAME.size:
+        if len(inbox) < FRAME_HEADER.size:
             return None
-        length, compressed = _FRAME.unpack_from(inbox)
+        length, compressed = FRAME_HEADER.unpack_from(inbox)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes is too large")
-        end = _FRAME.size + length + 1
+        start = FRAME_HEADER.size
+        end = start + length + len(FLUSHER)
         if len(inbox) < end:
             return None
-        data = bytes(inbox[_FRAME.size : end - 1])
+        data = bytes(inbox[start : start + length])
         del inbox[:end]
         return zlib.decompress(data) if compressed else data
 

@@ -10,6 +10,7 @@ from flask import Flask
 from flask.blueprints import BlueprintSetupState
 
 from .endpoint import dump
+from .metrics import metrics
 from .setup import set_up
 
 #: Register it on an app and every process of its server gets a dump agent:
@@ -23,6 +24,7 @@ utd_bp = Blueprint(
     template_folder=str(Path(__file__).resolve().parent.parent / "templates"),
 )
 utd_bp.add_url_rule("/dump", view_func=dump, methods=["GET"])
+utd_bp.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
 
 
 @utd_bp.record_once

@@ -1,6 +1,6 @@
 """The ``flask utd ...`` commands (click), thin wrappers around library functions.
 
-The lean ``python -m flask_utd dump`` (:mod:`flask_utd.lean`) imports neither
+The lean ``python -m flask_utd dump`` (:mod:`flask_utd.core.lean`) imports neither
 Flask, click nor the app; ``flask utd dump`` reads the app's settings and does the
 same through the same functions. Neither starts an agent nor talks HTTP: they
 connect to the agents' sockets directly, so they work when every worker is stuck.
@@ -23,6 +23,9 @@ from typing import NoReturn
 
 import click
 
+from ..core import formats
+from ..core.config import DEFAULTS
+from ..core.config import MAX_TIMEOUT
 from ..core.config import default_socket_dirs
 from ..core.errors import EXIT_OK
 from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
@@ -48,15 +51,16 @@ def run_dump(
     *,
     instance: str | None = None,
     pid: int | None = None,
-    as_json: bool = False,
-    timeout: float = 2.0,
+    format: str = formats.DEFAULT,
+    timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
-    slow_after: float = 5.0,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     samples: int = 1,
-    interval: float = 1.0,
+    interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
+    :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
     :param slow_after: requests older than this are listed first, as stuck.
@@ -80,8 +84,34 @@ def run_dump(
         )
     except InstanceNotFound as err:
         raise UsageError(str(err)) from err
-    click.echo(lean.report_text(report, as_json), nl=False)
+    click.echo(formats.render(report, format), nl=False)
     return lean.exit_code(report)
+
+
+def run_merge(
+    paths: Sequence[str],
+    *,
+    format: str = formats.DEFAULT,
+    slow_after: float | None = None,
+) -> int:
+    """Merge the reports in ``paths`` (``-`` for standard input) and print the
+    merged report in ``format`` (a name in
+    :data:`~flask_utd.core.formats.FORMATS`).
+
+    :raises UsageError: an input cannot be merged (not JSON, another schema,
+        empty...), in one line.
+    """
+    from ..core.errors import ReportError
+    from ..core.merge import merge_reports
+    from ..core.merge import read_reports
+
+    try:
+        reports, names = read_reports(paths)
+        merged = merge_reports(reports, slow_after=slow_after, names=names)
+    except ReportError as err:
+        raise UsageError(str(err)) from err
+    click.echo(formats.render(merged, format), nl=False)
+    return EXIT_OK
 
 
 def run_and_finish(run: Callable[[], int], *, testing: bool = False) -> NoReturn:
@@ -119,8 +149,11 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 _dump_options = [
     click.option(
-        "--json", "as_json", is_flag=True, help="Print the flask-utd/1 JSON report."
+        "--format",
+        type=click.Choice(list(formats.FORMATS)),
+        help=f"What to print (default: {formats.DEFAULT}).",
     ),
+    click.option("--json", "as_json", is_flag=True, help="The same as --format json."),
     click.option("--pid", type=int, help="Only this process."),
     click.option(
         "--instance",
@@ -140,7 +173,7 @@ _dump_options = [
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True, max=60),
+        type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
         help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
     click.option(
@@ -173,6 +206,7 @@ def register(bp: Blueprint) -> None:
     @bp.cli.command("dump")
     @_with_dump_options
     def dump_command(
+        format: str | None,
         as_json: bool,
         pid: int | None,
         instance: str | None,
@@ -183,6 +217,8 @@ def register(bp: Blueprint) -> None:
         interval: float,
     ) -> None:
         """Print a thread dump of every process of the running server."""
+        if as_json and format is not None:
+            raise click.UsageError("--json is --format json: give one of them.")
         settings = current_app.extensions["utd"].settings
         if current_app.config["UTD_SOCKET_DIR"] is None:
             dirs = default_socket_dirs()
@@ -193,7 +229,7 @@ def register(bp: Blueprint) -> None:
                 dirs,
                 instance=instance,
                 pid=pid,
-                as_json=as_json,
+                format="json" if as_json else format or formats.DEFAULT,
                 timeout=timeout or settings.timeout,
                 show_locals=show_locals,
                 slow_after=(
@@ -202,6 +238,33 @@ def register(bp: Blueprint) -> None:
                 samples=samples,
                 interval=interval,
             ),
+            testing=current_app.testing,
+        )
+
+    @bp.cli.command("merge")
+    @click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
+    @click.option(
+        "--format",
+        type=click.Choice(list(formats.FORMATS)),
+        default=formats.DEFAULT,
+        show_default=True,
+    )
+    @click.option(
+        "--slow-after",
+        type=click.FloatRange(min=0),
+        help="List requests older than this many seconds first, as stuck"
+        " (default: the reports' own).",
+    )
+    def merge_command(
+        reports: tuple[str, ...], format: str, slow_after: float | None
+    ) -> None:
+        """Merge flask-utd/1 reports of several hosts or server instances.
+
+        A REPORT is a file of one report or more (`dump --format json`), or -
+        for standard input.
+        """
+        run_and_finish(
+            lambda: run_merge(reports, format=format, slow_after=slow_after),
             testing=current_app.testing,
         )
 

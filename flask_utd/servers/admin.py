@@ -45,6 +45,10 @@ ADMIN_THREAD_NAME = "utd-admin"
 POLL_INTERVAL = 1.0
 #: A slow client cannot keep the one admin thread longer than this.
 CLIENT_TIMEOUT = 10.0
+#: The WSGI environ key, true in a request that the admin listener serves: its
+#: ``/_utd/metrics`` needs no token there (a client cannot set an environ key
+#: that has no ``HTTP_`` prefix).
+SERVED_BY_ADMIN = "flask_utd.admin_listener"
 
 
 def only_utd(app: Flask) -> WSGIApplication:
@@ -59,6 +63,7 @@ def only_utd(app: Flask) -> WSGIApplication:
             endpoint = ""
         if not str(endpoint).startswith("utd."):
             return NotFound()(environ, start_response)
+        environ[SERVED_BY_ADMIN] = True
         return app.wsgi_app(environ, start_response)
 
     return wsgi
