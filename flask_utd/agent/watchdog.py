@@ -13,8 +13,9 @@ request that finds it asleep. At each look:
 
 - a request at least ``0.4 x`` the threshold old is sampled: its thread's stack
   is captured (:func:`flask_utd.agent.snapshot.stack_report`, the dump's own
-  code for one stack), so that by the look that finds it past the threshold it
-  has two samples, half a threshold apart, to say whether it moved;
+  code for one stack) at every look, so that by the look that finds it past
+  the threshold it has at least two samples, half a threshold apart or more,
+  to say whether it moved;
 - a request past the threshold is reported once, at WARNING
   (:mod:`flask_utd.core.watchlog`), between 1 and 1.5 thresholds after it
   started; when it ends, the request path notes the time and the next look
@@ -251,6 +252,10 @@ class Watchdog:
             tracking._wake = None
             return
         self._tell_master(_SLEEPS, since)
+        if self._stop.is_set():
+            # stop() sets the flag, then sends: its datagram may have been
+            # read by the look just before, and would not wake this select.
+            return
         select.select([self.inbox], [], [])
         self.wakeups += 1
         tracking._wake = None
