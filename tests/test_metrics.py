@@ -303,6 +303,10 @@ def test_uwsgi_master_serves_metrics_while_every_worker_is_busy(
             "DEMO_UTD_ADMIN_LISTEN": "127.0.0.1:0",
             "DEMO_UTD_SLOW_REQUEST": "1",
             "DEMO_GIL_SECONDS": "30",
+            # The master's watchdog would log the worker holding the GIL
+            # through faulthandler, whose signal ends libc's sleep (in /gil) at
+            # once: the worker would not stay silent for this test.
+            "DEMO_UTD_WATCHDOG": "null",
         },
     )
     match = wait_for(

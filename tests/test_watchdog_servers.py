@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,37 @@ def test_a_worker_that_runs_again_does_not_report_the_same_request(
     assert "request ended after" not in log
     # The note is gone with the episode.
     assert not list((Path(socket_dir) / str(server.pid)).glob("*.stalled"))
+
+
+@pytest.mark.uwsgi
+def test_without_faulthandler_the_master_logs_the_worker_without_its_stack(
+    servers: Servers, socket_dir: str
+) -> None:
+    """No signal is sent (UTD_FAULTHANDLER_SIGNAL_OFFSET = None): the record
+    says which worker and for how long, and why there is no stack; libc's sleep
+    holding the GIL is not cut short."""
+    server = servers.start(
+        need_uwsgi(),
+        [*UWSGI, "--workers", "2"],
+        env={
+            "DEMO_GIL_SECONDS": "5",
+            "DEMO_UTD_WATCHDOG": "1.5",
+            "DEMO_UTD_FAULTHANDLER_SIGNAL_OFFSET": "null",
+        },
+    )
+    wait_for(lambda: layout(socket_dir, server.pid, count=2, faulthandler=False))
+    answers: list[str] = []
+    started = time.monotonic()
+    fire(server.url("/gil"), answers).join(60)
+    assert answers == ["slept holding the GIL\n"]
+    assert time.monotonic() - started >= 5.0  # not interrupted
+    wait_for(lambda: "runs again after" in server.log(), timeout=10)
+    log = server.log()
+    (captured,) = CAPTURED.finditer(log)
+    block = log[captured.start() : log.index("runs again after")]
+    assert "it did not register faulthandler, so it was not signalled" in block
+    assert "stack, innermost first" not in block
+    assert not STUCK.search(log)
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
