@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from flask_utd.agent import tracking
 from flask_utd.agent import watchdog
 from flask_utd.agent.tracking import RequestTracker
 from flask_utd.agent.tracking import trace_of
+from flask_utd.core import wire
 from tests.helpers import wait_for
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -97,7 +99,10 @@ def test_a_stuck_request_is_reported_once_then_its_end(
     assert warning["flask_utd.role"] == "process"
     assert warning["thread.id"] == stuck.ident
     assert warning["thread.name"] == stuck.name
-    assert warning["flask_utd.thread.native_id"] == stuck.native_id
+    assert warning["flask_utd.native_id"] == stuck.native_id
+    # Where it comes from, with the names of a dump's JSON Lines.
+    assert warning["host.name"] == socket.gethostname()
+    assert warning["flask_utd.instance"] == str(os.getpid())
     # Seen at the first look past the threshold, at most half a threshold later.
     assert THRESHOLD <= warning["flask_utd.elapsed_s"] < 1.5 * THRESHOLD + 0.3
     assert warning["flask_utd.wait"] == "sleeping"
@@ -106,8 +111,10 @@ def test_a_stuck_request_is_reported_once_then_its_end(
     # looks fall just after 0.4, 0.9 and 1.4 thresholds.
     assert warning["flask_utd.samples"] in (2, 3)
     assert warning["flask_utd.same_line_s"] >= THRESHOLD / 2 - 0.05
+    # The innermost frame is the app's here: no flask_utd.app.* apart.
     assert warning["code.function"] == "sleep"
     assert warning["code.lineno"] > 0 and warning["code.filepath"] == __file__
+    assert "flask_utd.app.function" not in warning
     assert warning["code.stacktrace"].splitlines()[-1].strip() == "time.sleep(seconds)"
     assert warning["flask_utd.source"] == "agent"
     assert ended["event.name"] == "flask_utd.watchdog.ended"
@@ -125,7 +132,7 @@ def test_a_stuck_request_is_reported_once_then_its_end(
 
 
 def test_a_busy_request_moved(
-    watched_app: Flask, caplog: pytest.LogCaptureFixture
+    watched_app: Flask, caplog: pytest.LogCaptureFixture, socket_dir: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="flask_utd.watchdog")
     watched_app.test_client().get("/sleep/0.0")
@@ -134,6 +141,10 @@ def test_a_busy_request_moved(
     warning, _ended = _watchdog_records(caplog)
     assert warning.flask_utd["url.path"] == "/busy"  # type: ignore[attr-defined]
     assert warning.flask_utd["flask_utd.moved"] is True  # type: ignore[attr-defined]
+    # The agent's stats count the record, for GET /_utd/metrics.
+    path = os.path.join(socket_dir, str(os.getpid()), f"{os.getpid()}.sock")
+    stats = json.loads(wire.call(path, time.monotonic() + 5, "stats"))
+    assert stats["watchdog_records"] == 1
 
 
 SCRIPT = """

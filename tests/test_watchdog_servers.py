@@ -290,8 +290,11 @@ def test_gunicorn_arbiter_logs_a_worker_holding_the_gil_before_the_kill(
     assert record["process.pid"] == int(killed["pid"])
     assert record["flask_utd.role"] == "worker" and record["flask_utd.worker_id"]
     assert 4.8 <= record["flask_utd.elapsed_s"] < 8.0
-    assert record["code.function"] == "regex_holding_the_gil"
+    # Where the thread is: in the regex; the app's innermost frame apart.
+    assert record["code.function"] == "match"
+    assert record["flask_utd.app.function"] == "regex_holding_the_gil"
     assert "in match" in record["code.stacktrace"].splitlines()[-2]
+    assert record["flask_utd.instance"] == str(server.pid)
     assert (
         ended["flask_utd.gone"] is True
         and ended["process.pid"] == record["process.pid"]

@@ -199,6 +199,8 @@ class Watchdog:
         #: notice, or the end of its wait between looks): for tests and the bench.
         self.looks = 0
         self.wakeups = 0
+        #: How many stuck records it has written (``GET /_utd/metrics``).
+        self.records = 0
 
     # -- the thread -------------------------------------------------------------
 
@@ -390,9 +392,11 @@ class Watchdog:
         from ..core import watchlog  # a worker loads it when it writes a record
 
         moved, same_line = compare(suspect.samples)
+        self.records += 1
         watchlog.emit(
             watchlog.stuck_record(
                 pid=self.pid,
+                instance=self.instance,
                 role=self.role,
                 worker_id=self.worker_id,
                 thread=dict(entry),
@@ -434,6 +438,7 @@ class Watchdog:
             watchlog.emit(
                 watchlog.ended_record(
                     pid=self.pid,
+                    instance=self.instance,
                     role=self.role,
                     worker_id=self.worker_id,
                     thread=dict(reported.thread),
@@ -504,9 +509,11 @@ class Watchdog:
         # No stacks (faulthandler wrote nothing): one record all the same.
         targets: list[Thread | None] = list(chosen) or [None]
         for thread in targets:
+            self.records += 1
             watchlog.emit(
                 watchlog.stalled_record(
                     pid=pid,
+                    instance=self.instance,
                     worker_id=awake.worker_id,
                     thread=None if thread is None else dict(thread),
                     busy_s=now - started,
@@ -542,6 +549,7 @@ class Watchdog:
         watchlog.emit(
             watchlog.unstalled_record(
                 pid=pid,
+                instance=self.instance,
                 worker_id=awake.worker_id,
                 busy_s=busy,
                 gone=gone,
@@ -633,6 +641,14 @@ def start_watchdog(
         threshold,
     )
     return watchdog
+
+
+def records_written() -> int | None:
+    """How many stuck requests (WARNING records) this process's watchdog has
+    logged since it started, or ``None`` when none runs here. A master counts
+    the records it wrote of its workers through faulthandler."""
+    watchdog = current_watchdog()
+    return None if watchdog is None else watchdog.records
 
 
 def current_watchdog() -> Watchdog | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -89,21 +90,6 @@ def _where(role: str, worker_id: int | None, pid: int) -> str:
     return f"{role} (pid {pid})"
 
 
-def _stacktrace(frames: Sequence[Frame]) -> str | None:
-    """The stack as Python prints a traceback (OpenTelemetry's
-    ``code.stacktrace``: "in the natural representation for the language")."""
-    if not frames:
-        return None
-    lines = ["Stack (most recent call last):"]
-    for frame in frames:
-        lines.append(
-            f'  File "{frame["file"]}", line {frame["line"]}, in {frame["function"]}'
-        )
-        if frame.get("code"):
-            lines.append(f"    {frame['code']}")
-    return "\n".join(lines)
-
-
 def _innermost(frames: Sequence[Frame], count: int = BODY_FRAMES) -> str:
     # Imported when a record is written: a worker need not carry the renderings.
     from .render import short_file
@@ -116,17 +102,41 @@ def _innermost(frames: Sequence[Frame], count: int = BODY_FRAMES) -> str:
 
 
 def _code_location(frames: Sequence[Frame]) -> dict[str, Any]:
-    """``code.*`` of the innermost frame of the app (else the innermost frame):
+    """``code.*`` of the innermost frame, where the thread is (as in the JSON
+    Lines of a dump), the whole stack as ``code.stacktrace``, and the innermost
+    frame of the application as ``flask_utd.app.*`` when that is another one:
     the line to group records by."""
+    from .jsonl import stacktrace
     from .summary import app_frame
 
-    frame: Any = app_frame(frames) or (frames[-1] if frames else None)
-    if not frame:
+    if not frames:
         return {}
+    inner = frames[-1]
+    found: dict[str, Any] = {
+        "code.function": inner["function"],
+        "code.filepath": inner["file"],
+        "code.lineno": inner["line"],
+        "code.stacktrace": stacktrace(frames),
+    }
+    app = app_frame(frames)
+    if app and (app["file"], app["line"]) != (inner["file"], inner["line"]):
+        found.update(
+            {
+                "flask_utd.app.function": app["function"],
+                "flask_utd.app.filepath": app["file"],
+                "flask_utd.app.lineno": app["line"],
+            }
+        )
+    return found
+
+
+def _where_from(pid: int, instance: str | None) -> dict[str, Any]:
+    """The fields that say where a record comes from, as in the JSON Lines of a
+    dump: the host, the server instance, the process."""
     return {
-        "code.function": frame["function"],
-        "code.filepath": frame["file"],
-        "code.lineno": frame["line"],
+        "host.name": socket.gethostname(),
+        "flask_utd.instance": instance,
+        "process.pid": pid,
     }
 
 
@@ -144,6 +154,7 @@ def _samples_text(moved: bool | None, same_line_s: float | None, samples: int) -
 def stuck_record(
     *,
     pid: int,
+    instance: str | None = None,
     role: str,
     worker_id: int | None,
     thread: dict[str, Any],
@@ -190,12 +201,12 @@ def stuck_record(
         details.append(", ".join(ids))
     data: dict[str, Any] = {
         "event.name": STUCK,
-        "process.pid": pid,
+        **_where_from(pid, instance),
         "flask_utd.role": role,
         "flask_utd.worker_id": worker_id,
         "thread.id": thread.get("ident"),
         "thread.name": thread.get("name"),
-        "flask_utd.thread.native_id": thread.get("native_id"),
+        "flask_utd.native_id": thread.get("native_id"),
         "http.request.method": method,
         "url.path": path,
         "flask_utd.endpoint": endpoint,
@@ -210,7 +221,6 @@ def stuck_record(
         "flask_utd.same_line_s": same_line_s,
         "flask_utd.samples": samples,
         **_code_location(frames),
-        "code.stacktrace": _stacktrace(frames),
         "flask_utd.source": "agent",
     }
     return WatchdogRecord(logging.WARNING, body, data, list(frames), details)
@@ -219,6 +229,7 @@ def stuck_record(
 def stalled_record(
     *,
     pid: int,
+    instance: str | None = None,
     worker_id: int | None,
     thread: dict[str, Any] | None,
     busy_s: float,
@@ -248,7 +259,7 @@ def stalled_record(
         details.insert(0, f"thread {thread.get('name')} (ident {thread.get('ident')})")
     data: dict[str, Any] = {
         "event.name": STUCK,
-        "process.pid": pid,
+        **_where_from(pid, instance),
         "flask_utd.role": "worker",
         "flask_utd.worker_id": worker_id,
         "thread.id": (thread or {}).get("ident"),
@@ -256,7 +267,6 @@ def stalled_record(
         "flask_utd.elapsed_s": round(busy_s, 3),
         "flask_utd.threshold_s": threshold_s,
         **_code_location(frames),
-        "code.stacktrace": _stacktrace(frames),
         "flask_utd.source": "faulthandler",
         "flask_utd.reported_by": reporter,
         "flask_utd.note": note,
@@ -267,6 +277,7 @@ def stalled_record(
 def ended_record(
     *,
     pid: int,
+    instance: str | None = None,
     role: str,
     worker_id: int | None,
     thread: dict[str, Any],
@@ -287,7 +298,7 @@ def ended_record(
     )
     data: dict[str, Any] = {
         "event.name": ENDED,
-        "process.pid": pid,
+        **_where_from(pid, instance),
         "flask_utd.role": role,
         "flask_utd.worker_id": worker_id,
         "thread.id": thread.get("ident"),
@@ -306,7 +317,13 @@ def ended_record(
 
 
 def unstalled_record(
-    *, pid: int, worker_id: int | None, busy_s: float, gone: bool, reporter: int
+    *,
+    pid: int,
+    instance: str | None = None,
+    worker_id: int | None,
+    busy_s: float,
+    gone: bool,
+    reporter: int,
 ) -> WatchdogRecord:
     """The INFO record of a worker reported through faulthandler that is no
     longer stuck: it runs again, or it is gone (killed, or it exited)."""
@@ -320,7 +337,7 @@ def unstalled_record(
         body = f"flask-utd watchdog: {where} runs again after {busy_s:.1f} s stuck"
     data: dict[str, Any] = {
         "event.name": ENDED,
-        "process.pid": pid,
+        **_where_from(pid, instance),
         "flask_utd.role": "worker",
         "flask_utd.worker_id": worker_id,
         "flask_utd.elapsed_s": round(busy_s, 3),
