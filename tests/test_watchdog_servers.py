@@ -205,7 +205,7 @@ def test_a_worker_that_runs_again_does_not_report_the_same_request(
     server = servers.start(
         need_uwsgi(),
         [*UWSGI, "--workers", "2"],
-        env={"DEMO_REGEX_SECONDS": "4", "DEMO_UTD_WATCHDOG": "1.5"},
+        env={"DEMO_REGEX_SECONDS": "6", "DEMO_UTD_WATCHDOG": "1.5"},
     )
     wait_for(lambda: layout(socket_dir, server.pid, count=2))
     answers: list[str] = []
