@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# One virtualenv with uWSGI per supported Python found here (pyenv or PATH).
-# A Python that is missing is said, and its uWSGI tests are skipped.
+# One virtualenv with uWSGI per supported Python found here (pyenv or PATH),
+# with what the server tests run there: uWSGI (its pip build has the gevent loop
+# built in), gunicorn and gevent, from the test extra. A Python that is missing
+# is said, and its server tests are skipped.
 .venvs/.installed: pyproject.toml
 	@mkdir -p .venvs
 	@for v in $(TEST_PYTHONS); do \
@@ -28,7 +30,7 @@ venv: $(STAMP)
 	    echo "Python $$v: $$py"; \
 	    [ -x .venvs/$$v/bin/python ] || "$$py" -m venv .venvs/$$v || exit 1; \
 	    .venvs/$$v/bin/python -m pip install -q --upgrade pip wheel || exit 1; \
-	    .venvs/$$v/bin/python -m pip install -q -e . uwsgi || exit 1; \
+	    .venvs/$$v/bin/python -m pip install -q -e '.[test]' || exit 1; \
 	  else \
 	    echo "Python $$v not found: its uWSGI tests will be skipped"; \
 	  fi; \

@@ -34,6 +34,7 @@ from typing import Any
 from typing import NamedTuple
 
 from demo_app.server import ROOT
+from demo_app.server import GunicornServer
 from demo_app.server import UwsgiServer
 from demo_app.server import uwsgi_binary
 
@@ -48,6 +49,8 @@ RUNS = 1 if SMOKE else 7
 REPS = 1 if SMOKE else 15
 SNAPSHOT_REPS = 1 if SMOKE else 41
 THREAD_COUNTS = (10,) if SMOKE else (100, 1000)
+#: (c) for greenlets: how many, each serving a request.
+GREENLET_COUNT = 50 if SMOKE else 1000
 DEPTH = 5 if SMOKE else 20
 #: (d): alternating bursts per server, seconds per burst, load-generator processes.
 BURSTS = 1 if SMOKE else 10
@@ -779,6 +782,44 @@ def _bench_snapshot(
             )
 
 
+def bench_greenlet_snapshot(table: Table, install: Install) -> None:
+    """(c) for gevent: the snapshot of a process whose greenlets each serve a
+    request, against the bare walk of the same greenlets (bench/greenlets.py, in
+    a process of its own: gevent patches a whole process)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.greenlets",
+            str(GREENLET_COUNT),
+            str(DEPTH),
+            str(SNAPSHOT_REPS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # Out of the source tree, so that the installed flask_utd is imported.
+        cwd=install.site,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([install.site, str(ROOT)])),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.greenlets failed:\n{done.stderr}")
+    result = json.loads(done.stdout.splitlines()[-1])
+    s, b = result["snapshot"], result["bare"]
+    table.add(
+        Row(
+            "c",
+            f"{GREENLET_COUNT} greenlets x {DEPTH} frames, each serving a request:"
+            " snapshot",
+            ms(s),
+            f"bare gc/gr_frame walk {ms(b)}",
+            s / b,
+            "<= 1.5x",
+            verdict(s / b, 1.5),
+        )
+    )
+
+
 # -- (d) throughput with and without utd_bp, (e) the agent's cost ---------------
 
 LOAD = r"""
@@ -935,6 +976,63 @@ def bench_wsgi(table: Table, tmp: str) -> None:
             f"{rw:.0f}/s",
             f"without {ro:.0f}/s",
             rw / ro,
+        )
+    )
+
+
+@contextmanager
+def gunicorn_gevent(
+    workers: int, socket_dir: str, *, site: str, utd: bool
+) -> Iterator[UwsgiServer]:
+    """A real ``gunicorn -k gevent`` serving the benchmark's app, flask_utd
+    imported from ``site``."""
+    binary = Path(sys.executable).parent / "gunicorn"
+    if not binary.exists():
+        raise SystemExit("gunicorn is not installed in this venv: run `make venv`.")
+    log = Path(socket_dir).parent / f"gunicorn-{os.path.basename(socket_dir)}.log"
+    env = {
+        "BENCH_UTD_SOCKET_DIR": socket_dir,
+        "BENCH_UTD": "1" if utd else "0",
+        "PYTHONPATH": os.pathsep.join([site, str(ROOT)]),
+    }
+    options = ["-k", "gevent", "-w", str(workers), "--chdir", site, "bench.app:app"]
+    server = GunicornServer(str(binary), options, log, env)
+    server.start()
+    try:
+        wait_for(lambda: len(worker_pids(server.pid)) == workers, "every worker runs")
+        yield server
+    finally:
+        server.stop()
+
+
+def bench_gevent_throughput(table: Table, tmp: str, install: Install) -> None:
+    """(d) under ``gunicorn -k gevent``: requests/s with and without utd_bp."""
+    with (
+        gunicorn_gevent(
+            2, tempfile.mkdtemp(prefix="g", dir=tmp), site=install.site, utd=True
+        ) as with_utd,
+        gunicorn_gevent(
+            2, tempfile.mkdtemp(prefix="h", dir=tmp), site=install.site, utd=False
+        ) as without_utd,
+    ):
+        assert with_utd.port is not None and without_utd.port is not None
+        burst(with_utd.port), burst(without_utd.port)  # warm both
+        rates: dict[str, list[float]] = {"with": [], "without": []}
+        ports = {"with": with_utd.port, "without": without_utd.port}
+        for i in range(BURSTS):
+            for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
+                rates[side].append(burst(ports[side]))
+    rw, ro = statistics.median(rates["with"]), statistics.median(rates["without"])
+    pairs = [w / o for w, o in zip(rates["with"], rates["without"], strict=True)]
+    table.add(
+        Row(
+            "d",
+            "hello world, gunicorn -k gevent, 2 workers: requests/s with utd_bp",
+            f"{rw:.0f}/s",
+            f"without {ro:.0f}/s; pairs {min(pairs):.2f}-{max(pairs):.2f}x",
+            rw / ro,
+            ">= 0.98x",
+            throughput_verdict(rw / ro, pairs),
         )
     )
 
@@ -1154,6 +1252,8 @@ def main() -> None:
         install = plain_install(tmp)
         bench_dumps(table, tmp, install)
         bench_server_costs(table, tmp, install)  # runs (c) during (e)'s idle minute
+        bench_greenlet_snapshot(table, install)
+        bench_gevent_throughput(table, tmp, install)
     print()
     print(f"flask-utd benchmark{' (smoke)' if SMOKE else ''}")
     print(f"machine: {machine()}")

@@ -126,14 +126,18 @@ def uwsgi_binary() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+#: The lines of uwsgi.ini that hold a fixed address: the app's, and the admin
+#: listener's (``env = DEMO_UTD_ADMIN_LISTEN=...``).
+_FIXED_ADDRESS = re.compile(r"\s*(http-socket\b|env\s*=\s*DEMO_UTD_ADMIN_LISTEN=)")
+
+
 def ini_without_address(dest: Path, ini: Path = ROOT / "uwsgi.ini") -> list[str]:
-    """Copy ``uwsgi.ini`` to ``dest`` without its fixed address, and return the
-    options that load it (the server then listens where :meth:`UwsgiServer.start`
-    says)."""
+    """Copy ``uwsgi.ini`` to ``dest`` without its fixed addresses (the app's and
+    the admin listener's), and return the options that load it: the server then
+    listens where :meth:`UwsgiServer.start` says, with no admin listener unless
+    ``DEMO_UTD_ADMIN_LISTEN`` is in its environment."""
     lines = [
-        line
-        for line in ini.read_text().splitlines()
-        if not line.strip().startswith("http-socket")
+        line for line in ini.read_text().splitlines() if not _FIXED_ADDRESS.match(line)
     ]
     dest.write_text("\n".join(lines) + "\n")
     return ["--ini", str(dest)]

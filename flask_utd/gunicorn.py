@@ -54,15 +54,20 @@ def when_ready(server: Any) -> None:
 
 
 def _admin_app(settings: Settings) -> Flask:
-    """The arbiter's own app for the admin listener: ``utd_bp`` only, set up
-    from the same configuration as the hooks' ``settings``, so that setting it
-    up gives the same settings (the workers' agents use them)."""
+    """The arbiter's own app for the admin listener: ``utd_bp`` only, with the
+    hooks' ``settings`` (from the environment, or from the app's config with
+    ``--preload``); what they do not say comes from the environment too."""
     from flask import Flask
 
     from .ext.blueprint import utd_bp
 
     app = Flask("flask_utd.admin")
-    app.config.update(_gunicorn.environment(), UTD_SOCKET_DIR=settings.socket_dir)
-    app.config.setdefault("UTD_SECRET_KEY", settings.secret_key)
+    app.config.update(
+        UTD_SOCKET_DIR=settings.socket_dir,
+        UTD_SECRET_KEY=settings.secret_key,
+        UTD_TIMEOUT=settings.timeout,
+        UTD_URL_MAX_AGE=settings.url_max_age,
+        UTD_SLOW_REQUEST=settings.slow_request,
+    )
     app.register_blueprint(utd_bp)
     return app

@@ -6,9 +6,12 @@ The fixtures are in ``conftest.py``; test modules import from here, never from
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -172,6 +175,71 @@ class Servers(_Launcher):
         )
 
 
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: only its parent can reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return True
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X")
+
+
+class DaemonizedUwsgi(UwsgiServer):
+    """uWSGI with ``--daemonize2``: the process started loads the app, forks to
+    daemonize and exits; the master goes on in a grandchild, whose pid uWSGI
+    writes to a pidfile. Its log goes on in the same file."""
+
+    def __init__(
+        self,
+        uwsgi: str,
+        options: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.pidfile = log_path.with_suffix(".pid")
+        daemon = ["--daemonize2", str(log_path), "--pidfile", str(self.pidfile)]
+        super().__init__(uwsgi, [*options, *daemon], log_path, env)
+        self.master: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The master's pid, from its pidfile."""
+        assert self.master is not None
+        return self.master
+
+    def start(self, timeout: float = 30.0) -> DaemonizedUwsgi:
+        super().start(timeout)
+        assert self.proc is not None
+        # The process that loaded the app exits once it has daemonized.
+        loader = self.proc.pid
+        self.proc.wait(timeout)
+
+        def master() -> int:
+            # uWSGI writes the pidfile at start-up (the loader's pid), then
+            # again in the daemonized master.
+            text = self.pidfile.read_text().strip() if self.pidfile.exists() else ""
+            pid = int(text) if text.isdigit() else 0
+            return pid if pid != loader else 0
+
+        self.master = wait_for(master, timeout=timeout)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to the master by its pid; SIGKILL to its process group (the
+        workers are in it) at the deadline."""
+        super().stop(timeout)  # the process that loaded the app, if still there
+        if self.master is None or process_gone(self.master):
+            return
+        group = os.getpgid(self.master)
+        os.kill(self.master, signal.SIGTERM)
+        try:
+            wait_for(lambda: process_gone(self.master or 0), timeout=timeout)
+        except AssertionError:
+            os.killpg(group, signal.SIGKILL)
+            wait_for(lambda: process_gone(self.master or 0), timeout=timeout)
+
+
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 GUNICORN_CONF = str(ROOT / "tests" / "apps" / "gunicorn_conf.py")
 
@@ -180,14 +248,39 @@ class Gunicorns(_Launcher):
     """Starts gunicorn servers for one test and stops them all at its end."""
 
     def start(
-        self, options: list[str], env: dict[str, str] | None = None
+        self,
+        options: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        hooks: bool = True,
     ) -> GunicornServer:
+        """Start gunicorn with ``options``, with flask-utd's hooks (``hooks``:
+        the ``gunicorn.conf.py`` of the tests) or without."""
         # The hooks read the socket directory from the environment, the app from
         # its config.
         env = {"UTD_SOCKET_DIR": self.socket_dir, **(env or {})}
-        return self.launch(
-            GunicornServer, GUNICORN, ["-c", GUNICORN_CONF, *options], env
-        )
+        conf = ["-c", GUNICORN_CONF] if hooks else []
+        return self.launch(GunicornServer, GUNICORN, [*conf, *options], env)
+
+
+def unix_get(
+    path: str, url: str, timeout: float = 10, **headers: str
+) -> tuple[int, bytes]:
+    """``GET url`` over the Unix socket ``path``: the status and the body."""
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+
+    conn = UnixConnection("localhost", timeout=timeout)
+    try:
+        conn.request("GET", url, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def report_of(server: UwsgiServer, socket_dir: str, **kwargs: Any) -> Report:

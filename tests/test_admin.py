@@ -91,11 +91,13 @@ def test_admin_listener_answers_while_every_worker_is_stuck(
     (master,) = [p for p in report["processes"] if p["role"] == "master"]
     assert master["pid"] == server.pid
     (admin,) = [t for t in master["threads"] if t["name"] == "utd-admin"]
-    assert admin["daemon"]
-    # The admin thread only collects; the master's dump is its agent's.
-    assert any(f["function"] == "collect" for f in admin["frames"])
-    assert admin["own"] == "collector"  # marked while it collects, then "admin"
-    assert not any(f["function"] == "process_report" for f in admin["frames"])
+    assert admin["daemon"] and admin["own"] == "admin"
+    (answering,) = [t for t in master["threads"] if t["name"] == "utd-admin-request"]
+    assert answering["daemon"]
+    # The thread answering only collects; the master's dump is its agent's.
+    assert any(f["function"] == "collect" for f in answering["frames"])
+    assert answering["own"] == "collector"  # while it collects, then "admin"
+    assert not any(f["function"] == "process_report" for f in answering["frames"])
 
     # The same signature rules, and nothing but /_utd/.
     status, _, body = get(f"http://{address}/_utd/dump?token=forged")
@@ -141,6 +143,38 @@ def test_no_worker_inherits_the_admin_listener(
         names = {t["name"] for t in process["threads"]}
         assert ("utd-admin" in names) == (process["role"] == "master"), process["pid"]
     assert get(f"http://127.0.0.1:{port}{signed_path()}")[0] == 200
+
+
+def test_the_masters_listener_holds_with_fifty_idle_clients(
+    servers: Servers, socket_dir: str
+) -> None:
+    """Under uWSGI: fifty connections that send nothing, or half a request,
+    and a signed request still gets its answer within a second."""
+    server = start_demo(servers, admin="127.0.0.1:0")
+    address = admin_address(server)
+    wait_for(
+        lambda: (
+            [p["status"] for p in report_of(server, socket_dir)["processes"]]
+            == ["ok"] * 3
+        )
+    )
+    host, port = address.rsplit(":", 1)
+    clients = []
+    try:
+        for i in range(50):
+            client = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:
+                client.sendall(b"GET /_utd/dump HTTP/1.1\r\nHost: x\r\n")
+            clients.append(client)
+        started = time.monotonic()
+        status, _, body = get(f"http://{address}{signed_path()}", timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        for client in clients:
+            client.close()
+    assert status == 200, body
+    assert elapsed < 1.0, f"the admin listener took {elapsed:.2f} s"
+    assert len(json.loads(body)["processes"]) == 3
 
 
 def test_admin_listener_on_a_unix_socket(servers: Servers, socket_dir: str) -> None:
@@ -241,3 +275,80 @@ def test_admin_server_in_this_process_serves_only_utd(app: Flask) -> None:
     finally:
         stop_admin()
     assert not listener.thread.is_alive()
+
+
+def connect(address: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def test_fifty_slow_or_idle_clients_do_not_hold_up_a_signed_request(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener must answer when nothing else does: idle connections,
+    clients that send their request a byte at a time, or one that never reads,
+    cost it no thread, and each is cut at its deadline."""
+    from flask_utd.servers import admin
+
+    monkeypatch.setattr(admin, "HEAD_TIMEOUT", 3.0, raising=False)
+    token = make_token(app.extensions["utd"].settings.secret_key, 60)
+    listener = admin.start_admin(app, ("127.0.0.1", 0))
+    url = f"http://{listener.address}/_utd/dump?format=json"
+    clients: list[socket.socket] = []
+    try:
+        # Once, to start this process's agent (as any first request does).
+        assert get(f"{url}&token={token}")[0] == 200
+        for i in range(50):
+            client = connect(listener.address)
+            if i % 2:  # slowloris: a head that never ends
+                client.sendall(b"GET /_utd/dump?token=" + b"x" * i)
+            clients.append(client)
+        # Complete requests whose clients never read the answer.
+        for _ in range(10):
+            deaf = connect(listener.address)
+            deaf.sendall(b"GET /_utd/dump?token=nope HTTP/1.0\r\n\r\n")
+            clients.append(deaf)
+
+        started = time.monotonic()
+        status, _, body = get(url, timeout=5, Authorization=f"Bearer {token}")
+        elapsed = time.monotonic() - started
+        assert status == 200, body
+        assert elapsed < 1.0, f"answered in {elapsed:.2f} s"
+        assert json.loads(body)["schema"] == "flask-utd/1"
+
+        # Each idle or slow client is cut at HEAD_TIMEOUT, with a 408.
+        idle = clients[0]
+        idle.settimeout(10)
+        assert idle.recv(100).startswith(b"HTTP/1.0 408")
+    finally:
+        for client in clients:
+            client.close()
+        admin.stop_admin()
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST /_utd/dump HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello", b"400"),
+        (b"GET /_utd/dump HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"400"),
+        (b"GET /_utd/dump HTTP/1.0\r\nX: " + b"y" * 20000 + b"\r\n\r\n", b"431"),
+    ],
+    ids=["body", "chunked", "huge-head"],
+)
+def test_what_the_listener_refuses_before_any_thread_sees_it(
+    app: Flask, head: bytes, status: bytes
+) -> None:
+    from flask_utd.servers import admin
+
+    listener = admin.start_admin(app, ("127.0.0.1", 0))
+    try:
+        client = connect(listener.address)
+        try:
+            client.sendall(head)
+        except OSError:
+            pass  # the listener may close before it has all of a huge head
+        answer = client.recv(100)
+        client.close()
+        assert answer.startswith(b"HTTP/1.0 " + status), answer
+    finally:
+        admin.stop_admin()

@@ -183,3 +183,84 @@ def test_watchdog_threshold_rule(
     if expected is not None and setting == "auto" and kill_after:
         # Seen (at the latest 1.5 thresholds in) before the kill.
         assert 1.5 * expected <= 0.9 * kill_after + 1e-9
+
+
+def test_a_setting_the_config_lacks_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, socket_dir: str
+) -> None:
+    """One rule for every UTD_* setting: the app's config, then the environment
+    (as gunicorn's arbiter without --preload reads it), then the default."""
+    monkeypatch.setenv("UTD_SECRET_KEY", "from-env")
+    monkeypatch.setenv("UTD_ADMIN_LISTEN", "127.0.0.1:9191")
+    monkeypatch.setenv("UTD_SOCKET_DIR", socket_dir)
+    monkeypatch.setenv("UTD_TIMEOUT", "3.5")
+    monkeypatch.setenv("UTD_CAPTURE_QUERY", "true")
+    monkeypatch.setenv("UTD_FAULTHANDLER_SIGNAL_OFFSET", "null")
+    monkeypatch.setenv("UTD_URL_MAX_AGE", "")  # empty: unset
+    app = Flask("x")
+    app.config.update(SECRET_KEY="app-key", UTD_TIMEOUT=4.0)
+    app.register_blueprint(utd_bp)
+    settings = app.extensions["utd"].settings
+    # UTD_SECRET_KEY from the environment wins over the app's SECRET_KEY, as
+    # it does in the arbiter: both sign and check with the same key.
+    assert settings.secret_key == "from-env"
+    assert settings.admin_listen == ("127.0.0.1", 9191)
+    assert settings.socket_dir == socket_dir
+    assert settings.timeout == 4.0  # the app's config first
+    assert settings.capture_query is True
+    assert settings.fault_signal is None
+    assert settings.url_max_age == 300
+    assert app.config["UTD_SECRET_KEY"] == "from-env"
+    assert app.config["UTD_TIMEOUT"] == 4.0
+
+
+def test_the_apps_config_wins_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UTD_SECRET_KEY", "from-env")
+    monkeypatch.setenv("UTD_ADMIN_LISTEN", "127.0.0.1:9191")
+    app = Flask("x")
+    # None set in the config is a choice too: no admin listener here.
+    app.config.update(UTD_SECRET_KEY="from-config", UTD_ADMIN_LISTEN=None)
+    app.register_blueprint(utd_bp)
+    settings = app.extensions["utd"].settings
+    assert settings.secret_key == "from-config"
+    assert settings.admin_listen is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("UTD_TIMEOUT", "fast", "environment variable UTD_TIMEOUT='fast' cannot"),
+        ("UTD_TIMEOUT", "true", "UTD_TIMEOUT is set in the environment"),
+        ("UTD_LOCALS_BUDGET", "9", "UTD_LOCALS_BUDGET is set in the environment"),
+        ("UTD_ADMIN_LISTEN", "9191", "UTD_ADMIN_LISTEN is set in the environment"),
+    ],
+)
+def test_a_bad_value_in_the_environment_is_named_as_such(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: str, match: str
+) -> None:
+    monkeypatch.setenv(key, value)
+    app = Flask("x")
+    app.config["SECRET_KEY"] = "s"
+    with pytest.raises(ConfigError, match=match):
+        app.register_blueprint(utd_bp)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("auto", "auto"), (" auto ", "auto"), ("12", 12.0), ("null", None)],
+)
+def test_watchdog_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: object
+) -> None:
+    """As gunicorn's arbiter without --preload reads them: a number or null as
+    JSON, the word auto as written, the format as text."""
+    monkeypatch.setenv("UTD_WATCHDOG", raw)
+    monkeypatch.setenv("UTD_WATCHDOG_FORMAT", "json")
+    settings = load_settings({"SECRET_KEY": "s"})
+    assert settings.watchdog == expected
+    assert settings.watchdog_format == "json"
+    monkeypatch.setenv("UTD_WATCHDOG", "soon")
+    with pytest.raises(ConfigError, match="UTD_WATCHDOG"):
+        load_settings({"SECRET_KEY": "s"})

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
 from demo_app.server import ROOT
+from flask_utd import utd_bp
 from flask_utd.core.formats import FORMATS
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Report
@@ -87,11 +88,31 @@ def test_bad_tokens_get_403_and_no_collection(
     reason: str,
 ) -> None:
     assert app.config["UTD_URL_MAX_AGE"] == MAX_AGE
-    for accept in ("application/json", BROWSER):
-        response = client.get(dump_url(token), headers={"Accept": accept})
+    for accept in ("application/json", "*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        response = client.get(dump_url(token), headers=headers)
         assert response.status_code == 403
         assert response.mimetype == "application/json"
         assert response.get_json() == {"error": reason}
+    # A browser gets a page that says what happened and how to get a new link.
+    for response in (
+        client.get(dump_url(token), headers={"Accept": BROWSER}),
+        client.get(dump_url(token, format="html")),
+    ):
+        assert response.status_code == 403
+        assert response.mimetype == "text/html"
+        page = response.get_data(as_text=True)
+        title = {
+            "expired token": "This link has expired",
+            "missing token": "This address needs a signed link",
+        }.get(reason, "This link is not valid")
+        assert f"<h1>{title}</h1>" in page
+        assert "<pre>flask --app yourapp utd url</pre>" in page
+        assert "within 5 minutes" in page and f"403 {reason}" in page
+        assert "<script" not in page
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert listening.connections() == 0
 
 
@@ -112,6 +133,28 @@ def test_a_good_token_collects(client: FlaskClient, listening: Listening) -> Non
     report = response.get_json()
     statuses = {p["pid"]: p["status"] for p in report["processes"]}
     assert statuses[900009] == "timeout"
+
+
+def test_a_token_in_an_authorization_header(client: FlaskClient) -> None:
+    """Scripts send the token as a Bearer token, out of every access log."""
+    token = make_token(SECRET, 60)
+    bearer = {"Authorization": f"Bearer {token}"}
+    response = client.get("/_utd/dump?format=json", headers=bearer)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["schema"] == "flask-utd/1"
+    # The same rules as in the URL.
+    for bad, reason in (
+        ({"Authorization": "Bearer nope"}, "invalid token"),
+        ({"Authorization": f"Bearer {'a' * 600}"}, "malformed token"),
+        ({"Authorization": f"Basic {token}"}, "missing token"),
+        ({"Authorization": "Bearer"}, "missing token"),
+    ):
+        response = client.get("/_utd/dump", headers=bad)
+        assert response.status_code == 403, bad
+        assert response.get_json() == {"error": reason}, bad
+    # A token in the URL is the one checked, whatever the header says.
+    response = client.get(dump_url("nope"), headers=bearer)
+    assert response.status_code == 403
 
 
 def test_utd_secret_key_signs_instead_of_secret_key(
@@ -166,7 +209,7 @@ def test_text(client: FlaskClient) -> None:
         assert response.mimetype == "text/plain"
         text = response.get_data(as_text=True)
         assert f"process (pid {os.getpid()}): ok" in text
-        assert "Stack (most recent call last):" in text
+        assert "\nFull dump:\n" in text
         assert 'Thread "utd-agent"' in text
 
 
@@ -254,6 +297,63 @@ def test_url_command_prints_a_url_the_endpoint_accepts(
     url = result.output.strip()
     assert url.startswith("https://app.example.com/_utd/dump?token=")
     assert client.get(url.removeprefix("https://app.example.com")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("listen", "base"),
+    [
+        ("127.0.0.1:9191", "http://127.0.0.1:9191"),
+        ("[::1]:9191", "http://[::1]:9191"),
+        ("0.0.0.0:9191", f"http://{socket.gethostname()}:9191"),
+    ],
+)
+def test_url_command_gives_the_admin_listeners_full_url(
+    socket_dir: str, listen: str, base: str
+) -> None:
+    """With ``UTD_ADMIN_LISTEN`` at a host and port, the URL to open is the
+    admin listener's: nothing for the user to complete."""
+    from flask_utd import utd_bp
+
+    app = Flask("withadmin")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=listen,
+    )
+    app.register_blueprint(utd_bp)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    assert url.startswith(f"{base}/_utd/dump?token=")
+    client = app.test_client()
+    assert client.get(url.removeprefix(base)).status_code == 200
+    # --base still wins.
+    other = runner.invoke(args=["utd", "url", "--base", "https://app.example.com"])
+    assert other.output.startswith("https://app.example.com/_utd/dump?token=")
+
+
+def test_url_command_with_an_admin_listener_on_a_unix_socket(socket_dir: str) -> None:
+    from flask_utd import utd_bp
+
+    app = Flask("withunixadmin")
+    where = os.path.join(socket_dir, "admin.sock")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        UTD_SOCKET_DIR=socket_dir,
+        UTD_ADMIN_LISTEN=f"unix:{where}",
+    )
+    app.register_blueprint(utd_bp)
+    result = app.test_cli_runner().invoke(args=["utd", "url"])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    assert path.startswith("/_utd/dump?token=")
+    assert result.stderr == (
+        f"The admin listener is on the Unix socket {where}: curl --unix-socket"
+        f" {where} 'http://localhost{path}'\n"
+    )
 
 
 @pytest.mark.parametrize("expires", ["0", "-1", "301"])
@@ -455,3 +555,24 @@ def test_the_token_never_shows_in_a_dump_even_with_query_capture(
     body = app.test_client().get(dump_url(token, format="json")).get_data(as_text=True)
     assert "/_utd/dump" in body  # this request's thread, with its path
     assert token not in body
+
+
+def test_admin_listen_that_no_master_can_serve_is_one_warning(
+    socket_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside uWSGI and gunicorn (here the test client, as under `flask run`)
+    there is no master to run the admin listener: the first request says so,
+    once; setting the app up (as `flask utd url` does) says nothing."""
+    app = Flask("run")
+    app.config.update(
+        SECRET_KEY=SECRET, UTD_SOCKET_DIR=socket_dir, UTD_ADMIN_LISTEN="127.0.0.1:0"
+    )
+    with caplog.at_level("WARNING", logger="flask_utd"):
+        app.register_blueprint(utd_bp)
+        assert caplog.messages == []
+        client = app.test_client()
+        client.get("/")
+        client.get("/")
+    (message,) = caplog.messages
+    assert message.startswith("flask-utd: UTD_ADMIN_LISTEN is set but pid")
+    assert "no master process to run the admin listener" in message

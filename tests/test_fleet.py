@@ -166,7 +166,7 @@ def test_three_hosts_merged(servers: Servers, socket_dir: str, tmp_path: Path) -
 
     text = lean("merge", *paths, "--slow-after", "0.5").stdout
     assert text.startswith("flask-utd thread dump merged from 3 reports at ")
-    assert "3 threads in 3 workers on 2 hosts: sleeping at " in text
+    assert "3 threads in 3 workers on 2 hosts: sleeping (time.sleep) at " in text
     first = text.split("oldest first:\n")[1].splitlines()[0]
     assert (
         "GET /pid (get_pid) in worker" in first

@@ -143,7 +143,9 @@ def test_stuck_requests_of_every_host_first_and_stacks_grouped_across_hosts() ->
     assert "  instance 1 on pod-b, taken 2026-01-01T00:00:40.000+00:00" in text
     assert "9 process(es), 9 answered" in text
     lines = text.splitlines()
-    first = lines.index("Stuck requests (older than 2 s), oldest first:")
+    first = lines.index(
+        "3 requests in progress, 3 stuck (older than 2 s), oldest first:"
+    )
     assert "in worker 2 (pid 8) on pod-a, instance 1," in lines[first + 1]
     assert "in worker 1 (pid 7) on pod-b, instance 1," in lines[first + 5]
     assert (

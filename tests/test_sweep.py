@@ -32,3 +32,26 @@ def test_files_of_dead_pids_go_and_live_ones_stay(socket_dir: str) -> None:
         )
     finally:
         stop_agents()
+
+
+def test_instances_that_are_gone_go_with_every_file(socket_dir: str) -> None:
+    """A uWSGI master stopped by SIGTERM runs no Python code: its socket, its
+    faulthandler file and its note stay in an instance whose owner is gone. The
+    next agent to start removes them, and the directory; it keeps a live
+    instance's, and what is not flask-utd's."""
+    dead = subprocess.Popen(["true"])
+    dead.wait(5)
+    gone = ensure_private_dir(os.path.join(socket_dir, str(dead.pid)))
+    for name in ("sock", "fh", "unsafe"):
+        open(os.path.join(gone, f"{dead.pid}.{name}"), "w").close()
+    odd = ensure_private_dir(os.path.join(socket_dir, "1"))  # pid 1 lives
+    open(os.path.join(odd, "1.fh"), "w").close()
+    agent = start_agent(socket_dir, "99", role="process", worker_id=None)
+    try:
+        assert sorted(os.listdir(socket_dir)) == ["1", "99"]
+        assert os.listdir(odd) == ["1.fh"]
+        assert os.listdir(os.path.join(socket_dir, "99")) == [
+            os.path.basename(agent.path)
+        ]
+    finally:
+        stop_agents()

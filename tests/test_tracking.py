@@ -195,9 +195,12 @@ def test_stuck_requests_under_uwsgi_with_threads(
     out = lean_dump(socket_dir, "--instance", str(server.pid), "--slow-after", "0.5")
     assert out.returncode == 0, out.stderr
     head = out.stdout.split("Full dump:")[0]
-    assert head.splitlines()[3] == "Stuck requests (older than 0.5 s), oldest first:"
+    assert head.splitlines()[3] == (
+        "4 requests in progress, 4 stuck (older than 0.5 s), oldest first:"
+    )
+    assert head.count("  stuck ") == 4
     assert head.count("GET /hello (hello) in worker ") == 4
-    assert "4 threads in 2 workers: sleeping at " in head
+    assert "4 threads in 2 workers: sleeping (time.sleep) at " in head
 
 
 def test_a_request_held_in_an_earlier_before_request_is_shown(socket_dir: str) -> None:

@@ -3,20 +3,32 @@ the socket directory holds exactly one socket per live process."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
+import time
 import urllib.error
+from pathlib import Path
 
 import pytest
 
 from demo_app.server import UwsgiServer
 from demo_app.server import children
+from flask_utd.core import sockets
+from flask_utd.core.errors import EXIT_USAGE
 from flask_utd.core.report import Report
 from flask_utd.core.report import Status
+from tests.helpers import DEMO_SECRET
+from tests.helpers import SUPPORTED
+from tests.helpers import DaemonizedUwsgi
 from tests.helpers import Servers
+from tests.helpers import lean_dump
 from tests.helpers import need_uwsgi
 from tests.helpers import report_of
+from tests.helpers import signed_path
+from tests.helpers import unix_get
 from tests.helpers import wait_for
 from tests.lifecycle import get
 from tests.lifecycle import layout
@@ -236,4 +248,164 @@ def test_fork_options(
         ("worker", 1): workers,
         ("worker", 2): workers,
     }
+    no_crash(server)
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+@pytest.mark.parametrize(
+    ("module", "master"),
+    [("tests.apps.plain:app", "ok"), ("demo_app.app:app", "unsafe")],
+    ids=["plain", "thread-at-import"],
+)
+def test_daemonize2_keeps_the_master_and_its_admin_listener(
+    servers: Servers, socket_dir: str, module: str, master: str, version: str
+) -> None:
+    """uWSGI loads the app, then forks to daemonize: the master goes on in the
+    child, under a new pid, without the threads of the process that loaded the
+    app. The master's agent and admin listener start there, and nothing is left
+    under the old pid. With a thread started at import (the demo app), that
+    thread is gone from the master and its state is left behind: the master
+    is listed, unsafe, and says why and what to do."""
+    path = os.path.join(socket_dir, "admin.sock")
+    options = ["--module", module, "--master", "--die-on-term", "--workers", "2"]
+    server = servers.launch(
+        DaemonizedUwsgi,
+        need_uwsgi(version),
+        [*options, HOOKS],
+        {"DEMO_SECRET_KEY": DEMO_SECRET, "DEMO_UTD_ADMIN_LISTEN": f"unix:{path}"},
+    )
+    assert server.proc is not None and server.pid != server.proc.pid
+    wait_for(
+        lambda: layout(
+            socket_dir,
+            server.pid,
+            count=2,
+            master_runs="agent" if master == "ok" else "unsafe-agent",
+        )
+    )
+    assert sockets.list_instances(socket_dir) == [str(server.pid)]
+    assert sorted(os.listdir(socket_dir)) == sorted([str(server.pid), "admin.sock"])
+    assert statuses(server, socket_dir) == {
+        ("master", None): master,
+        ("worker", 1): "ok",
+        ("worker", 2): "ok",
+    }
+    if master == "unsafe":
+        error = report_of(server, socket_dir)["processes"][0]["error"] or ""
+        assert "daemonize2" in error and "'demo-counter'" in error, error
+
+    wait_for(
+        lambda: f"admin listener of the uWSGI master (pid {server.pid})" in server.log()
+    )
+    status, body = unix_get(path, signed_path(format="json"))
+    assert status == 200, body
+    report = json.loads(body)
+    assert [p["pid"] for p in report["processes"]][0] == server.pid
+    no_crash(server)
+
+
+def test_daemonize2_without_fork_hooks_still_lists_the_master(
+    servers: Servers, socket_dir: str
+) -> None:
+    """Without py-call-uwsgi-fork-hooks no Python code runs in the daemonized
+    master: its workers leave its note, under its new pid."""
+    server = servers.launch(
+        DaemonizedUwsgi,
+        need_uwsgi(),
+        [*PLAIN, "--workers", "2"],
+        {"DEMO_SECRET_KEY": DEMO_SECRET},
+    )
+    wait_for(lambda: layout(socket_dir, server.pid, count=2, master_runs="note"))
+    assert sorted(os.listdir(socket_dir)) == [str(server.pid)]
+    (entry,) = [
+        p for p in report_of(server, socket_dir)["processes"] if p["role"] == "master"
+    ]
+    assert (entry["pid"], entry["status"]) == (server.pid, "unsafe")
+    assert "py-call-uwsgi-fork-hooks" in (entry["error"] or "")
+    no_crash(server)
+
+
+def test_what_the_master_leaves_at_sigterm_goes_at_the_next_start_or_dump(
+    servers: Servers, socket_dir: str
+) -> None:
+    """uWSGI's master runs no Python code when it exits (no atexit, no hook):
+    its socket, faulthandler file and watchdog inbox stay. The next server to
+    start in the same socket directory removes them, and so does a dump."""
+    first = start(servers, HOOKS)
+    wait_for(lambda: layout(socket_dir, first.pid, count=2))
+    first.stop()
+    left = sockets.instance_dir(socket_dir, str(first.pid))
+    assert sorted(os.listdir(left)) == [
+        f"{first.pid}.fh",
+        f"{first.pid}.sock",
+        f"{first.pid}.watchdog",
+    ]
+
+    second = start(servers, HOOKS)
+    wait_for(lambda: layout(socket_dir, second.pid, count=2))
+    assert os.listdir(socket_dir) == [str(second.pid)]
+
+    second.stop()
+    done = lean_dump(socket_dir)
+    assert done.returncode == EXIT_USAGE and "no running server" in done.stderr
+    assert os.listdir(socket_dir) == []
+
+
+@pytest.mark.parametrize("how", ["sighup", "chain-fifo", "chain-touch"])
+def test_after_a_reload_the_listener_and_every_agent_are_back(
+    servers: Servers, socket_dir: str, tmp_path: Path, how: str
+) -> None:
+    """A graceful reload (SIGHUP: the master execs itself, same pid) and a chain
+    reload (the master replaces its workers one by one, through its FIFO or a
+    touched file), with the admin listener on and idle clients connected to it:
+    it answers after, every process answers, and the socket directory holds
+    nothing stale."""
+    path = os.path.join(socket_dir, "admin.sock")
+    fifo = tmp_path / "fifo"
+    touched = tmp_path / "reload"
+    touched.touch()
+    options = ["--module", "demo_app.app:app", "--master", "--die-on-term"]
+    server = servers.start(
+        need_uwsgi(),
+        [*options, "--workers", "2", HOOKS, "--master-fifo", str(fifo)]
+        + ["--touch-chain-reload", str(touched)],
+        {"DEMO_SECRET_KEY": DEMO_SECRET, "DEMO_UTD_ADMIN_LISTEN": f"unix:{path}"},
+    )
+    bound = f"admin listener of the uWSGI master (pid {server.pid}) bound to"
+    wait_for(lambda: layout(socket_dir, server.pid, count=2) and bound in server.log())
+    first = children(server.pid)
+    # Clients that connected and said nothing yet (a monitoring probe, a port
+    # scan) are there during the reload and after it.
+    idle = []
+    for _ in range(5):
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        idle.append(client)
+    if how == "sighup":
+        os.kill(server.pid, signal.SIGHUP)
+    elif how == "chain-fifo":
+        fifo.write_text("c")
+    else:
+        later = time.time() + 10  # uWSGI compares whole seconds
+        os.utime(touched, (later, later))
+    wait_for(
+        lambda: (
+            not (children(server.pid) & first)
+            and layout(socket_dir, server.pid, count=2)
+        ),
+        timeout=60,
+    )
+    # A graceful reload starts a new listener; a chain reload keeps the master's.
+    assert server.log().count(bound) == (2 if how == "sighup" else 1)
+    report = complete(server, socket_dir)
+    status, body = unix_get(path, signed_path(format="json"))
+    assert status == 200, body
+    served = json.loads(body)
+    assert [p["status"] for p in served["processes"]] == ["ok"] * 3
+    assert {p["pid"] for p in served["processes"]} == {
+        p["pid"] for p in report["processes"]
+    }
+    assert sorted(os.listdir(socket_dir)) == sorted([str(server.pid), "admin.sock"])
+    for client in idle:
+        client.close()
     no_crash(server)

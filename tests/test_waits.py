@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import dis
+import functools
+import json
 import os
 import queue
 import select
 import selectors
 import socket
+import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from demo_app.server import ROOT
 from flask_utd.agent.snapshot import process_report
 from flask_utd.agent.waits import STATES
+from flask_utd.agent.waits import Callee
+from flask_utd.agent.waits import callee
 from flask_utd.agent.waits import infer
 from flask_utd.core.report import Frame
 from flask_utd.core.report import Thread
+from tests.helpers import SUPPORTED
+from tests.helpers import need_uwsgi
 from tests.helpers import wait_for
 
 
@@ -152,6 +164,35 @@ def test_rlock_owner_is_the_holding_thread(park: Park) -> None:
     assert h.settled("waiting-condition")["lock_owner"] is None
 
 
+class GuardedAccount(Account):
+    """An account whose ``__dict__`` is a property: finding its lock must not
+    run it."""
+
+    asked: list[str] = []
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        GuardedAccount.asked.append("__dict__")
+        return {}
+
+
+def test_finding_the_lock_runs_no_code_of_the_app(park: Park) -> None:
+    account = GuardedAccount()
+    holding = threading.Event()
+    done = threading.Event()
+
+    def holder() -> None:
+        with account._lock:
+            holding.set()
+            done.wait(30)
+
+    park(holder, done.set)
+    assert holding.wait(10)
+    GuardedAccount.asked.clear()
+    me = park(account.update, lambda: None).settled("waiting-lock")
+    assert me["lock_owner"] is None and GuardedAccount.asked == []
+
+
 def test_condition_wait(park: Park) -> None:
     cond = threading.Condition()
     flag: list[bool] = []
@@ -254,6 +295,8 @@ def test_socket_recv(park: Park) -> None:
 
     me = park(reader, _send_and_close(b)).settled("io-socket")
     assert _inferred_in(me, "reader")["code"] == "a.recv(1)"
+    # The C method, by the type of the object it is called on.
+    assert me["call"] == "socket.socket.recv"
 
 
 def test_socket_accept_in_the_standard_library(park: Park) -> None:
@@ -295,21 +338,264 @@ def test_select_and_selectors(park: Park) -> None:
     assert _wait_frame(me)["file"].endswith("selectors.py")
 
 
-def test_an_unnamed_c_call_has_the_os_state(park: Park) -> None:
-    """Where the frames cannot name the wait, /proc says where the thread is."""
+def test_a_c_call_has_the_os_state_named_or_not(park: Park) -> None:
+    """Where the frames cannot name the wait, /proc says where the thread is;
+    the call is named when the frame says what it calls."""
     r, w = os.pipe()
+    r2, w2 = os.pipe()
+    readers = [os.read]
 
     def reader() -> None:
         os.read(r, 1)
         os.close(r)
 
-    def release() -> None:
-        os.write(w, b"x")
-        os.close(w)
+    def unnamed() -> None:
+        readers[0](r2, 1)
+        os.close(r2)
 
-    me = park(reader, release).settled("unknown", "S")
+    def release(fd: int) -> Callable[[], None]:
+        def write() -> None:
+            os.write(fd, b"x")
+            os.close(fd)
+
+        return write
+
+    me = park(reader, release(w)).settled("in-call", "S")
     assert _inferred_in(me, "reader")["code"] == "os.read(r, 1)"
+    assert me["call"] == "os.read"  # as the code calls it (not posix.read)
     assert me["wchan"] is None or isinstance(me["wchan"], str)
+    other = park(unnamed, release(w2)).settled("unknown", "S")
+    assert _inferred_in(other, "unnamed")["code"] == "readers[0](r2, 1)"
+    assert other["call"] is None
+
+
+@pytest.fixture
+def locked_database(tmp_path: Path) -> Iterator[tuple[str, sqlite3.Connection]]:
+    """A database that another connection holds locked (``BEGIN EXCLUSIVE``),
+    as a long write does: every other connection's statement waits for the
+    lock, up to its busy timeout, inside sqlite's C code."""
+    path = str(tmp_path / "app.sqlite")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE post (id INTEGER PRIMARY KEY, title TEXT)")
+    holder.execute("BEGIN EXCLUSIVE")
+    yield path, holder
+    holder.close()
+
+
+def test_a_locked_sqlite_database_is_an_in_call_wait_named_by_the_callable(
+    locked_database: tuple[str, sqlite3.Connection], park: Park
+) -> None:
+    """As in Flask's tutorial app (flaskr): ``db.execute(...)`` on a
+    ``sqlite3.Connection``, and a cursor's ``execute``, wait for the lock."""
+    path, holder = locked_database
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.execute("ROLLBACK")
+
+    def create() -> None:
+        db = sqlite3.connect(path, timeout=30)
+        db.execute("INSERT INTO post (title) VALUES (?)", ("hello",))
+        db.close()
+
+    def index() -> None:
+        db = sqlite3.connect(path, timeout=30)
+        cursor = db.cursor()
+        cursor.execute("SELECT id, title FROM post")
+        db.close()
+
+    writer = park(create, release).settled("in-call")
+    reader = park(index, release).settled("in-call")
+    frame = _inferred_in(writer, "create")
+    assert frame["code"] == (
+        'db.execute("INSERT INTO post (title) VALUES (?)", ("hello",))'
+    )
+    assert writer["call"] == "sqlite3.Connection.execute"
+    assert _inferred_in(reader, "index")["code"] == (
+        'cursor.execute("SELECT id, title FROM post")'
+    )
+    assert reader["call"] == "sqlite3.Cursor.execute"
+    # sqlite's busy handler sleeps between its tries: the OS says so.
+    assert writer["os_state"] in ("S", "R")
+
+
+class Lazy:
+    """An object whose attribute is a property, as an ORM's often are."""
+
+    def __init__(self, path: str) -> None:
+        self.reads = 0
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        self.reads += 1
+        return self._db
+
+
+def test_naming_the_call_runs_no_code_of_the_app(
+    locked_database: tuple[str, sqlite3.Connection], park: Park
+) -> None:
+    path, holder = locked_database
+    lazy = Lazy(path)
+    holder_released = threading.Event()
+
+    def write() -> None:
+        lazy.db.execute("INSERT INTO post (title) VALUES ('x')")
+
+    def release() -> None:
+        if not holder_released.is_set():
+            holder_released.set()
+            holder.execute("ROLLBACK")
+
+    before = lazy.reads
+    parked = park(write, release)
+    wait_for(lambda: lazy.reads == before + 1, timeout=10)
+    me = parked.settled("unknown")
+    # The property is not called to find what is called: the call stays unnamed.
+    assert me["call"] is None and lazy.reads == before + 1
+    assert (_inferred_in(me, "write")["code"] or "").startswith("lazy.db.execute(")
+
+
+class Disguised:
+    """An object that runs code when asked what it is (``__class__``), or for its
+    ``__dict__``: naming a call through it must do neither."""
+
+    asked: list[str] = []
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        Disguised.asked.append("__class__")
+        return Disguised
+
+
+class NoDict:
+    """Its attributes live where Python keeps them, but asking for its
+    ``__dict__`` runs code."""
+
+    asked: list[str] = []
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        NoDict.asked.append("__dict__")
+        return {}
+
+
+def test_naming_the_call_asks_no_object_what_it_is(
+    locked_database: tuple[str, sqlite3.Connection], park: Park
+) -> None:
+    path, holder = locked_database
+    released = threading.Event()
+    # Autocommit: each insert holds the database only while it runs.
+    connect = functools.partial(
+        sqlite3.connect, path, timeout=30, check_same_thread=False
+    )
+    disguised = Disguised(connect(isolation_level=None))
+    no_dict = NoDict(connect(isolation_level=None))
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.execute("ROLLBACK")
+
+    def through_disguised() -> None:
+        disguised.db.execute("INSERT INTO post (title) VALUES ('d')")
+
+    def through_no_dict() -> None:
+        no_dict.db.execute("INSERT INTO post (title) VALUES ('n')")
+
+    Disguised.asked.clear()
+    first = park(through_disguised, release).settled("in-call")
+    assert first["call"] == "sqlite3.Connection.execute"
+    assert Disguised.asked == []
+    NoDict.asked.clear()
+    # Such an object's attributes are not read: the call stays unnamed.
+    me = park(through_no_dict, release).settled("unknown")
+    assert _inferred_in(me, "through_no_dict")["code"] == (
+        "no_dict.db.execute(\"INSERT INTO post (title) VALUES ('n')\")"
+    )
+    assert me["call"] is None and NoDict.asked == []
+
+
+def _calls_in(function: Callable[..., object]) -> list[Callee | None]:
+    """What :func:`callee` reads at each call instruction of ``function``."""
+    code = function.__code__
+    return [
+        callee(code, ins.offset)
+        for ins in dis.get_instructions(code)
+        if ins.opname in ("CALL", "CALL_KW", "CALL_FUNCTION", "CALL_METHOD")
+        or ins.opname in ("CALL_FUNCTION_KW", "CALL_FUNCTION_EX")
+    ]
+
+
+def test_the_callable_is_read_from_the_bytecode() -> None:
+    db: Any = None
+    handlers: Any = None
+    x: Any = None
+
+    def plain() -> None:
+        db.execute("SELECT ?", (x, 1))
+
+    def attributes_and_keywords() -> None:
+        os.path.join("a", *x)
+        json.dumps(x, indent=2)
+
+    def spread() -> None:
+        print(*x)
+
+    def chained() -> None:
+        db.execute("SELECT 1").fetchall()
+
+    def returned() -> None:
+        handlers(x)(x)
+
+    def subscripted() -> None:
+        handlers[0](x)
+
+    def with_a_jump_in_the_arguments() -> None:
+        db.execute(x if x else None)
+
+    assert _calls_in(plain) == [("local", ("db", "execute"))]
+    assert _calls_in(attributes_and_keywords) == [
+        ("global", ("os", "path", "join")),
+        ("global", ("json", "dumps")),
+    ]
+    assert _calls_in(spread) == [("global", ("print",))]
+    # The first call names its callable; the second calls what it returned.
+    assert _calls_in(chained) == [("local", ("db", "execute")), None]
+    assert _calls_in(returned) == [("local", ("handlers",)), None]
+    assert _calls_in(subscripted) == [None]
+    assert _calls_in(with_a_jump_in_the_arguments) == [None]
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_calls_are_named_on_every_supported_python(version: str) -> None:
+    """Each Python compiles calls into other instructions (``CALL_METHOD``;
+    ``PRECALL`` and ``CALL``; ``LOAD_ATTR`` with a method bit; ``CALL_KW``)."""
+    python = Path(need_uwsgi(version)).parent / "python"
+    out = subprocess.run(
+        [str(python), "-m", "tests.apps.calls"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "create": ["in-call", "sqlite3.Connection.execute"],
+        "index": ["in-call", "sqlite3.Cursor.execute"],
+        "receive": ["io-socket", "socket.socket.recv"],
+        "read": ["in-call", "os.read"],
+        "sleep": ["sleeping", "time.sleep"],
+    }
 
 
 def test_busy_loop_is_running(park: Park) -> None:

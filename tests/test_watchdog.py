@@ -274,7 +274,8 @@ def _switches(tid: int) -> int:
 def test_an_idle_watchdog_never_wakes_up(watched_app: Flask) -> None:
     watched_app.test_client().get("/sleep/0.0")
     dog = watchdog.current_watchdog()
-    assert dog is not None and dog.thread.native_id is not None
+    assert dog is not None and dog.thread is not None
+    assert dog.thread.native_id is not None
     tid = dog.thread.native_id
     # It looks once, half a threshold after the request woke it, then sleeps.
     wait_for(lambda: tracking._wake is not None, timeout=5)

@@ -13,3 +13,8 @@ integrations or the Flask side. It runs in processes whose requests may all be
 stuck: it takes no lock a request thread may hold, and it is told where it
 sits rather than asking the server. ``tests/test_layout.py`` checks the imports.
 """
+
+from . import native as _native
+
+# Before any module here imports RPyC, which would import gevent (.native).
+_native.import_rpyc()

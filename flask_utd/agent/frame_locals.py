@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from ..core.report import Frame
+from . import native
 
 #: Longest text of one value.
 REPR_LIMIT = 200
@@ -131,7 +131,7 @@ def safe_repr(value: Any, depth: int = 0) -> str | None:
 
 
 # The helper thread of an earlier dump whose ``__repr__`` call has not returned.
-_blocked: threading.Thread | None = None
+_blocked: native.NativeThread | None = None
 
 
 def _call_reprs(
@@ -148,11 +148,11 @@ def _call_reprs(
             " no __repr__ was called"
         )
     results: dict[int, str] = {}
-    stop = threading.Event()
+    stop: list[bool] = []  # not an Event: gevent patches those
 
     def run() -> None:
         for index, value in enumerate(values):
-            if stop.is_set():
+            if stop:
                 return
             try:
                 text = _cut(repr(value))
@@ -160,12 +160,12 @@ def _call_reprs(
                 text = f"<repr raised {type(err).__name__}>"
             results[index] = text
 
-    helper = threading.Thread(target=run, name="utd-repr", daemon=True)
-    helper.start()
+    # A real thread also under gevent (:mod:`.native`): the agent waits for it.
+    helper = native.start_thread(run, "utd-repr")
     helper.join(max(0.0, deadline - time.monotonic()))
     if not helper.is_alive():
         return dict(results), None
-    stop.set()
+    stop.append(True)
     _blocked = helper
     return dict(results), "UTD_LOCALS_BUDGET was spent before every __repr__ returned"
 

@@ -23,6 +23,7 @@ from ..core import sockets
 from ..core.fallback import FH_SUFFIX
 from . import faultdump
 from . import forks
+from . import native
 from . import watchdog
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
@@ -42,7 +43,8 @@ class Agent:
     path: str
     info: AgentInfo
     server: AgentServer
-    thread: threading.Thread
+    #: A real OS thread also under gevent (:mod:`.native`).
+    thread: native.NativeThread
 
 
 _lock = threading.Lock()
@@ -66,7 +68,11 @@ def _cleanup() -> None:
     for agent in list(_agents.values()):
         if agent.pid == pid:
             directory = os.path.dirname(agent.path)
-            for path in (agent.path, sockets.stalled_note_path(directory, pid)):
+            for path in (
+                agent.path,
+                sockets.stalled_note_path(directory, pid),
+                sockets.watchdog_inbox_path(directory, pid),
+            ):
                 try:
                     os.unlink(path)
                 except OSError:
@@ -100,6 +106,7 @@ def sweep(directory: str) -> None:
             sockets.UNSAFE_SUFFIX,
             FH_SUFFIX,
             sockets.STALLED_SUFFIX,
+            sockets.WATCHDOG_SUFFIX,
         ):
             if not sockets.pid_alive(int(base)):
                 try:
@@ -164,6 +171,9 @@ def start_agent(
         if existing is not None:
             return existing
         sockets.ensure_private_dir(socket_dir)
+        # What instances that are gone left (a uWSGI master stopped by SIGTERM
+        # runs no Python code at exit): removed by the next server to start.
+        sockets.prune_gone_instances(socket_dir, keep=instance)
         directory = sockets.instance_dir(socket_dir, instance)
         sockets.ensure_private_dir(directory)
         sweep(directory)
@@ -177,11 +187,8 @@ def start_agent(
         info = AgentInfo(role, worker_id, unsafe, locals_policy)
         service = UTDService(info)
         server = AgentServer(service, _listen(binding, path), SERVER_CONFIG)
-        thread = threading.Thread(
-            target=server.start, name=AGENT_THREAD_NAME, daemon=True
-        )
+        thread = native.start_thread(server.start, AGENT_THREAD_NAME)
         agent = Agent(pid, path, info, server, thread)
-        thread.start()
         assert thread.ident is not None
         marks.mark(thread.ident, "agent")
         _agents[path] = agent
@@ -224,16 +231,49 @@ def stop_agents() -> None:
 
 
 def leave_unsafe_note(
-    socket_dir: str, instance: str, *, role: str, worker_id: int | None, message: str
-) -> None:
-    """Record that this process runs no agent, and why, for the collector to report."""
+    socket_dir: str,
+    instance: str,
+    *,
+    role: str,
+    worker_id: int | None,
+    message: str,
+    pid: int | None = None,
+    keep: bool = False,
+) -> bool:
+    """Record that a process runs no agent, and why, for the collector to report.
+
+    :param pid: the process the note is about (default: this one); a gunicorn
+        worker leaves one for its arbiter, which runs no flask-utd code.
+    :param keep: leave an existing note as it is (several processes may write
+        the same note at once; each sees it whole or not at all).
+    :returns: whether this call wrote the note.
+    """
     sockets.ensure_private_dir(socket_dir)
     sockets.ensure_private_dir(sockets.instance_dir(socket_dir, instance))
-    path = sockets.unsafe_note_path(socket_dir, instance, os.getpid())
+    path = sockets.unsafe_note_path(socket_dir, instance, pid or os.getpid())
     data = json.dumps({"role": role, "worker_id": worker_id, "error": message})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    if not keep:
+        fd = os.open(path, flags | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        return True
+    if os.path.lexists(path):
+        return False
+    # Written under a name of its own, then linked into place: link() fails if
+    # the note exists, so exactly one writer puts it there, whole.
+    draft = f"{path}.{os.getpid()}.new"
+    fd = os.open(draft, flags | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.link(draft, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(draft)
+    return True
 
 
 @forks.renew_in_child

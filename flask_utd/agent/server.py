@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import threading
 import time
 import zlib
 from collections import deque
@@ -31,6 +30,7 @@ from rpyc.utils.factory import connect_channel
 from ..core import sockets
 from ..core.wire import FLUSHER
 from ..core.wire import FRAME_HEADER
+from . import native
 
 log = logging.getLogger("flask_utd")
 
@@ -220,18 +220,21 @@ class AgentServer:
         self, service: Service, listener: socket.socket, config: dict[str, Any]
     ) -> None:
         self.service = service
-        self.listener = listener
+        # Under gevent, everything the loop waits on or sleeps in is the
+        # standard library's (:mod:`.native`): the agent's thread never waits on
+        # the hub that a stuck greenlet blocks.
+        self.listener = native.unpatched_socket(listener)
         self.config = dict(config)
         #: Whether the loop should go on; :meth:`close` clears it.
         self.active = True
         self._closed = False
         listener.setblocking(False)
         self._clients: set[_Client] = set()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = native.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._close_lock = threading.Lock()
+        self._selector = native.default_selector()
+        self._close_lock = native.allocate_lock()
         self._looping = False
 
     # -- the loop ---------------------------------------------------------
@@ -252,7 +255,7 @@ class AgentServer:
                     # A bug must not end the agent: say so, breathe, go on.
                     if self.active:
                         log.exception("flask-utd: error in the agent's loop")
-                        time.sleep(0.1)
+                        native.sleep(0.1)
         except Exception:
             if self.active:
                 log.exception("flask-utd: the agent stopped on an error")
@@ -305,7 +308,7 @@ class AgentServer:
         # A bounded batch, so that a flood cannot keep the loop from its clients.
         for _ in range(64):
             try:
-                sock, _addr = self.listener.accept()
+                sock, _addr = native.accept(self.listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import linecache
 import os
-import threading
 import time
 from types import CodeType
 from types import FrameType
@@ -18,6 +17,8 @@ from ..core.report import Frame
 from ..core.report import Process
 from ..core.report import Thread
 from ..core.report import process_entry
+from . import greenlets as _greenlets  # noqa: F401  (then gevent's greenlets)
+from . import native
 from . import threads as _threads  # noqa: F401  (registers the first source)
 from . import waits
 from .frame_locals import LocalsRequest
@@ -119,20 +120,32 @@ def _frame_stack(
     return frames, objects, omitted
 
 
-def _infer_from_end(
-    frames: list[Frame], calling: bool | None
-) -> tuple[str, int | None, bool | None]:
+#: What the innermost frames of a stack tell, shared by the stacks that end in
+#: the same frames: the wait, the frame it was read from (counted from the
+#: innermost), whether the innermost frame is in a call, and what it calls.
+_End = tuple[str, int | None, bool | None, waits.Callee | None]
+
+
+def _read_end(
+    frame: FrameType | None, frames: list[Frame], suspended: bool = False
+) -> _End:
     """:func:`waits.infer`, with the frame it was read from counted from the
-    innermost (0), so that threads with other outer frames can share it, and
-    ``calling``."""
-    wait, index = waits.infer(frames, calling=calling)
-    return wait, None if index is None else len(frames) - 1 - index, calling
+    innermost (0), so that threads with other outer frames can share it;
+    ``calling``; and the callee of the innermost frame's call
+    (:func:`waits.cached_callee`), where naming it tells something."""
+    calling = None if frame is None else waits.in_call(frame)
+    wait, index = waits.infer(frames, calling=calling, suspended=suspended)
+    called = None
+    if calling and frame is not None and waits.names_its_call(frame):
+        called = waits.cached_callee(frame.f_code, frame.f_lasti)
+    return wait, None if index is None else len(frames) - 1 - index, calling, called
 
 
 def _entry(
     stack: Stack,
     memo: dict[int, dict[int, Frame]],
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]],
+    ends: dict[tuple[object, ...], _End],
+    global_calls: dict[tuple[object, ...], str | None],
     shared: bool,
 ) -> tuple[Thread, list[FrameType]]:
     """The report entry of one stack, and its frame objects when locals are asked
@@ -142,12 +155,13 @@ def _entry(
     # Stacks that end in the same frames (the same instructions, so the same
     # entries) wait on the same thing: the state is inferred once per distinct
     # end of stack.
-    end = tuple(map(id, frames[-waits.INNERMOST :]))
+    end: tuple[object, ...] = tuple(map(id, frames[-waits.INNERMOST :]))
+    if stack.suspended:
+        end += ("suspended",)  # a switched-out greenlet is never running
     inferred = ends.get(end)
     if inferred is None:
-        calling = None if frame is None else waits.in_call(frame)
-        inferred = ends[end] = _infer_from_end(frames, calling)
-    wait, from_end, calling = inferred
+        inferred = ends[end] = _read_end(frame, frames, stack.suspended)
+    wait, from_end, calling, called = inferred
     wait_frame = None if from_end is None else len(frames) - 1 - from_end
     # The OS state only where it tells more than the frames: reading it costs
     # more than walking a 20-frame stack (docs/diagnosis.rst). A greenlet has
@@ -164,6 +178,19 @@ def _entry(
     owner = None
     if wait == "waiting-lock" and frames and frame is not None:
         owner = waits.lock_owner(frame, frames[-1]["code"], stack.ident)
+    # The C function the innermost frame is in, by name: looked up in the
+    # thread's own locals, or once per end of stack for a global (the same code
+    # has the same globals).
+    call = None
+    if called is not None and frame is not None:
+        if called[0] != "global":
+            call = waits.call_name(frame, called)
+        elif end in global_calls:
+            call = global_calls[end]
+        else:
+            call = global_calls[end] = waits.call_name(frame, called)
+        if call is not None and wait == "unknown":
+            wait = "in-call"
     entry: Thread = {
         "ident": stack.ident,
         "native_id": stack.native_id,
@@ -178,6 +205,7 @@ def _entry(
         "os_state": os_state,
         "wchan": wchan,
         "lock_owner": owner,
+        "call": call,
         "frames": frames,
     }
     if stack.thread_ident is not None:
@@ -203,20 +231,21 @@ def thread_reports(
         flask-utd's own threads).
     """
     context = SnapshotContext(
-        now=time.monotonic(), thread_frames=current_frames(), me=threading.get_ident()
+        now=time.monotonic(), thread_frames=current_frames(), me=native.get_ident()
     )
     with_locals: list[tuple[list[Frame], list[FrameType]]] = []
     threads = ThreadReports()
     own: list[Thread] = []
     memo: dict[int, dict[int, Frame]] = {}
-    ends: dict[tuple[int, ...], tuple[str, int | None, bool | None]] = {}
+    ends: dict[tuple[object, ...], _End] = {}
+    global_calls: dict[tuple[object, ...], str | None] = {}
     shared = locals_request is None
     try:
         for source in sources():
             found = source(context)
             threads.omitted += found.omitted
             for stack in found.stacks:
-                entry, objects = _entry(stack, memo, ends, shared)
+                entry, objects = _entry(stack, memo, ends, global_calls, shared)
                 if stack.own is not None:
                     own.append(entry)
                     continue
@@ -229,34 +258,40 @@ def thread_reports(
             locals_entry = collect_locals(with_locals, locals_request)
     finally:
         # Frame objects keep every local of every stack alive: drop them now.
-        del context, with_locals, memo
+        del context, with_locals, memo, global_calls
     threads.extend(own)
     return threads, locals_entry
 
 
-def stack_report(ident: int) -> Thread | None:
-    """The entry of the one stack with ``ident`` (a thread's ident; a greenlet's
-    id, once a source of greenlets says so), or ``None`` when no source has it.
+def stack_reports(idents: set[int]) -> dict[int, Thread]:
+    """The entries of the stacks with these idents (threads' idents; greenlets'
+    ids), by ident; those no source has are left out.
 
-    The watchdog's capture of one request: built by the sources and the same
-    entry code as a whole dump, for that stack only. The same rule as for
-    :func:`thread_reports` holds: never where :func:`ghost_threads` finds any.
+    The watchdog's capture of the requests it watches: built by the sources and
+    the same entry code as a whole dump, for those stacks only, in one pass (a
+    source of greenlets walks them all once, whatever the number wanted). The
+    same rule as for :func:`thread_reports` holds: never where
+    :func:`ghost_threads` finds any.
     """
+    found: dict[int, Thread] = {}
+    if not idents:
+        return found
     context = SnapshotContext(
         now=time.monotonic(),
         thread_frames=current_frames(),
-        me=threading.get_ident(),
-        only=ident,
+        me=native.get_ident(),
+        only=frozenset(idents),
     )
+    memo: dict[int, dict[int, Frame]] = {}
     try:
         for source in sources():
             for stack in source(context).stacks:
-                if stack.ident == ident:
-                    entry, _objects = _entry(stack, {}, {}, True)
-                    return entry
+                if stack.ident in idents and stack.ident not in found:
+                    entry, _objects = _entry(stack, memo, {}, {}, True)
+                    found[stack.ident] = entry
     finally:
         del context  # the frames keep every local of every thread alive
-    return None
+    return found
 
 
 def process_report(

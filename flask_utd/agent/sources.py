@@ -25,7 +25,7 @@ from ..core.report import Own
 from ..core.report import Request
 
 
-@dataclass
+@dataclass(slots=True)
 class Stack:
     """One stack a source found: a thread's, or a greenlet's."""
 
@@ -44,6 +44,9 @@ class Stack:
     taking_snapshot: bool = False
     #: For a greenlet: the ident of the OS thread whose hub runs it.
     thread_ident: int | None = None
+    #: A greenlet that is switched out (not running): its innermost frame is a
+    #: call that waits for its hub to switch back to it, never on the CPU.
+    suspended: bool = False
     #: More fields for the report entry, the source's own (added as they are).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,9 +70,10 @@ class SnapshotContext:
     thread_frames: dict[int, FrameType]
     #: The ident of the thread taking the snapshot.
     me: int
-    #: Only the stack with this ident is wanted (the watchdog's capture of one
-    #: request): a source may skip the others, and the snapshot drops them.
-    only: int | None = None
+    #: Only the stacks with these idents are wanted (the watchdog's capture of
+    #: the requests it watches): a source may skip the others, and the
+    #: snapshot drops them.
+    only: frozenset[int] | None = None
 
 
 class StackSource(Protocol):

@@ -10,6 +10,7 @@ import threading
 from types import FrameType
 
 from ..core import marks
+from . import native
 from . import sources
 from . import tracking
 from .sources import Found
@@ -36,7 +37,7 @@ def current_frames() -> dict[int, FrameType]:
         gc.enable()
 
 
-def _main_native_id() -> int | None:
+def main_native_id() -> int | None:
     """The native id of the main thread. After a fork the main thread keeps the
     parent's native id in ``threading``; in the child it is the thread whose id is
     the pid."""
@@ -54,7 +55,7 @@ def _kept(current: dict[int, FrameType], own: set[int]) -> set[int] | None:
     flask-utd's own; ``None`` when all are given."""
     if len(current) <= MAX_THREADS:
         return None
-    main = threading.main_thread().ident
+    main = native.main_thread_ident() or threading.main_thread().ident
     others = [i for i in reversed(current) if i not in own and i != main]
     if main in current and main not in own:
         others.insert(0, main)
@@ -64,34 +65,47 @@ def _kept(current: dict[int, FrameType], own: set[int]) -> set[int] | None:
 @sources.register
 def thread_stacks(context: SnapshotContext) -> Found:
     """The stack source of OS threads."""
-    by_ident = {t.ident: t for t in threading.enumerate()}
+    by_ident: dict[int | None, threading.Thread] = {
+        t.ident: t for t in threading.enumerate()
+    }
     main_thread = threading.main_thread()
-    main_native = _main_native_id()
+    # Under gevent, threading knows the main thread by its main greenlet's id,
+    # and the agent's own threads not at all (.native).
+    main_ident = native.main_thread_ident()
+    if main_ident is not None:
+        by_ident[main_ident] = main_thread
+    main_native = main_native_id()
     own = marks.marked()
     current = context.thread_frames
     if context.only is not None:
-        frame = current.get(context.only)
-        current = {} if frame is None else {context.only: frame}
+        current = {i: f for i, f in current.items() if i in context.only}
     kept = _kept(current, set(own))
     found = Found([], 0 if kept is None else len(current) - len(kept))
     for ident, frame in current.items():
         if kept is not None and ident not in kept:
             continue
         thread = by_ident.get(ident)
+        bare = native.bare_thread(ident) if thread is None else None
         if thread is None:
-            native_id = None
+            native_id = None if bare is None else bare.native_id
         elif thread is main_thread:
             native_id = main_native
         else:
             native_id = thread.native_id
+        if thread is not None:
+            name, daemon = thread.name, thread.daemon
+        elif bare is not None:
+            name, daemon = bare.name, True
+        else:
+            name, daemon = f"<thread {ident}>", None
         found.stacks.append(
             Stack(
                 kind="thread",
                 ident=ident,
-                name=f"<thread {ident}>" if thread is None else thread.name,
+                name=name,
                 frame=frame,
                 native_id=native_id,
-                daemon=None if thread is None else thread.daemon,
+                daemon=daemon,
                 request=tracking.request_of(ident, context.now),
                 own=own.get(ident),
                 taking_snapshot=ident == context.me,

@@ -3,10 +3,18 @@
 :class:`RequestTracker`, a WSGI middleware that ``utd_bp`` puts around the app's
 ``wsgi_app``, records a request when it enters the app and forgets it when the app
 returns; the agent reads the record when it dumps the thread. The record lives in
-a process-level dict keyed by :func:`threading.get_ident`, not in
+a process-level dict keyed by the OS thread's ident, not in
 ``app.extensions["utd"]``: a thread serves one request at a time whatever app it
 belongs to, and the agent, which dumps the whole process, must see every app's
 requests.
+
+Under gevent (gunicorn's gevent worker, uWSGI's gevent loop) every request of a
+worker runs in its own greenlet and all of them share one OS thread: the key is
+then the greenlet's id (what gevent's ``threading.get_ident`` answers), so that
+a thousand concurrent greenlets keep a thousand records. Which key a process
+uses is decided once, at its first request (:func:`_decide`): a request that
+runs in a greenlet other than its thread's main one means a greenlet server.
+A threaded server keeps calling the one C function it always did.
 
 The request path does as little as possible: no lock (one assignment to and one
 ``pop`` from a dict, each atomic under the GIL, each thread touching only its own
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import os
 import re
-import threading
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -37,17 +45,21 @@ from typing import Any
 
 from ..core.report import Request
 from . import forks
+from . import native
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
 
-#: What is kept of a request while it runs: the WSGI environ, its wall and
-#: monotonic start, and whether to show the query string.
-Record = tuple[dict[str, Any], float, float, bool]
+#: What is kept of a request while it runs: ``[environ, wall start, monotonic
+#: start, keep the query, what the agent read of it]`` (see :data:`_current`).
+Record = list[Any]
 
-#: ``{thread ident: record}`` of every request in flight in this process.
+#: ``{thread ident: record}``: the record's last item is ``None`` until a dump
+#: formats the parts that do not change (:func:`request_of`), so that the next
+#: dumps of a long request (a thousand stuck greenlets, ``--samples``) do not
+#: again.
 _current: dict[int, Record] = {}
 
 #: Set by the watchdog while it sleeps because no request is in flight: the
@@ -78,7 +90,6 @@ MAX_REQUEST_ID = 200
 #: Longest path kept in a report.
 MAX_PATH = 2000
 
-_get_ident = threading.get_ident
 _time = time.time
 _monotonic = time.monotonic
 
@@ -116,7 +127,7 @@ class RequestTracker:
             self.on_new_process()
         ident = _get_ident()
         outer = _current.get(ident)  # an app called from another tracked app
-        _current[ident] = (environ, _time(), _monotonic(), self.capture_query)
+        _current[ident] = [environ, _time(), _monotonic(), self.capture_query, None]
         wake = _wake  # read once: the watchdog clears it from its own thread
         if wake is not None:
             wake()
@@ -146,6 +157,8 @@ def _request_ended(ident: int) -> None:
 def _attribute(obj: Any, name: str) -> Any:
     """``obj.name`` from the instance's ``__dict__`` only: the agent reads other
     threads' objects and never runs their properties."""
+    if obj is None:
+        return None  # not routed yet (or no Flask request): no exception to raise
     try:
         namespace = object.__getattribute__(obj, "__dict__")
     except AttributeError:
@@ -186,13 +199,16 @@ def trace_of(environ: dict[str, Any]) -> tuple[str, str] | None:
 def request_of(ident: int, now: float | None = None) -> Request | None:
     """The report's ``request`` of the thread ``ident``, or ``None``.
 
-    :param ident: the thread's ident.
+    :param ident: the thread's ident, or the greenlet's id (``id(greenlet)``).
     :param now: ``time.monotonic()`` of the dump, the same for every thread.
     """
     record = _current.get(ident)
     if record is None:
         return None
-    environ, wall, mono, capture_query = record
+    environ, wall, mono, capture_query, fixed = record
+    if fixed is None:
+        fixed = record[4] = _fixed(environ, wall)
+    method, path, query, request_id, started_at = fixed
     if now is None:
         now = time.monotonic()
     # Routing has happened once Flask's request knows its URL rule.
@@ -200,29 +216,67 @@ def request_of(ident: int, now: float | None = None) -> Request | None:
     endpoint = _attribute(rule, "endpoint")
     if not isinstance(endpoint, str):
         endpoint = None
-    path = "/" + _text(environ, "PATH_INFO").lstrip("/")
-    query = _text(environ, "QUERY_STRING")
     if (
         capture_query
         and query
         and endpoint is not None
         and endpoint.rpartition(".")[0] != "utd"
     ):
-        path = f"{path}?{query}"
+        path = f"{path}?{query}"[:MAX_PATH]
+    return {
+        "method": method,
+        "path": path,
+        "endpoint": endpoint,
+        "request_id": request_id,
+        "started_at": started_at,
+        "elapsed_s": round(max(0.0, now - mono), 3),
+    }
+
+
+def _fixed(
+    environ: dict[str, Any], wall: float
+) -> tuple[str | None, str, str, str | None, str]:
+    """What a request's report says that does not change while it runs: method,
+    path, query, request id, start."""
+    method = environ.get("REQUEST_METHOD")
     request_id = environ.get("HTTP_X_REQUEST_ID")
     if not isinstance(request_id, str):
         request_id = None
-    method = environ.get("REQUEST_METHOD")
-    return {
-        "method": method if isinstance(method, str) else None,
-        "path": path[:MAX_PATH],
-        "endpoint": endpoint,
-        "request_id": request_id[:MAX_REQUEST_ID] if request_id else None,
-        "started_at": datetime.fromtimestamp(wall, timezone.utc).isoformat(
-            timespec="milliseconds"
-        ),
-        "elapsed_s": round(max(0.0, now - mono), 3),
-    }
+    return (
+        method if isinstance(method, str) else None,
+        ("/" + _text(environ, "PATH_INFO").lstrip("/"))[:MAX_PATH],
+        _text(environ, "QUERY_STRING"),
+        request_id[:MAX_REQUEST_ID] if request_id else None,
+        datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds"),
+    )
+
+
+def _greenlet_key() -> int:
+    """The key of the calling greenlet's records: its id, or for a thread's main
+    greenlet the thread's ident (as for a thread without greenlets)."""
+    current = _getcurrent()
+    if current.parent is None:
+        return _thread_ident()
+    return id(current)
+
+
+def _decide() -> int:
+    """Choose this process's key at its first request, and return it."""
+    global _get_ident, _getcurrent, _thread_ident
+    _thread_ident = native.get_ident
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is not None and greenlet.getcurrent().parent is not None:
+        _getcurrent = greenlet.getcurrent
+        _get_ident = _greenlet_key
+    else:
+        _get_ident = _thread_ident
+    return _get_ident()
+
+
+_get_ident: Callable[[], int] = _decide
+# Set by _decide, before _greenlet_key can be called.
+_getcurrent: Callable[[], Any]
+_thread_ident: Callable[[], int]
 
 
 def ages(now: float | None = None) -> list[float]:
@@ -239,7 +293,7 @@ def ages(now: float | None = None) -> list[float]:
         now = time.monotonic()
     found = []
     # A copy first: request threads add and remove their records meanwhile.
-    for environ, _wall, mono, _query in list(_current.values()):
+    for environ, _wall, mono, *_rest in list(_current.values()):
         endpoint = _attribute(
             _attribute(environ.get("werkzeug.request"), "url_rule"), "endpoint"
         )
@@ -253,9 +307,11 @@ def ages(now: float | None = None) -> list[float]:
 @forks.renew_in_child
 def after_fork_in_child() -> None:
     """A forked child serves none of its parent's requests (only the forking
-    thread exists there, and it is not serving), and its parent's watchdog does
-    not run there."""
-    global _wake
+    thread exists there, and it is not serving), decides its own key (a
+    gunicorn worker patches gevent in after the fork), and its parent's
+    watchdog does not run there."""
+    global _get_ident, _wake
     _current.clear()
     _watched.clear()
     _wake = None
+    _get_ident = _decide

@@ -12,7 +12,7 @@ before: under steady traffic it stays awake rather than being woken by every
 request that finds it asleep. At each look:
 
 - a request at least ``0.4 x`` the threshold old is sampled: its thread's stack
-  is captured (:func:`flask_utd.agent.snapshot.stack_report`, the dump's own
+  is captured (:func:`flask_utd.agent.snapshot.stack_reports`, the dump's own
   code for one stack) at every look, so that by the look that finds it past
   the threshold it has at least two samples, half a threshold apart or more,
   to say whether it moved;
@@ -24,8 +24,10 @@ request that finds it asleep. At each look:
 A worker whose thread holds the GIL cannot run its own watchdog. The master's
 watchdog (uWSGI master, gunicorn arbiter) covers that case: a worker's request
 path, when it wakes its own sleeping watchdog, also sends a notice to the
-master's inbox (the master made the socket before forking its workers), and the
-worker's watchdog says when it goes back to sleep. While a worker is awake
+master's inbox (a datagram socket in the instance directory,
+``<master pid>.watchdog``: found by its name, whenever the master started its
+watchdog, before or after forking the worker), and the worker's watchdog says
+when it goes back to sleep. While a worker is awake
 that way, the master reads the server's accounting every half threshold; a
 worker busy past the threshold whose agent does not answer is captured through
 the faulthandler fallback (:func:`flask_utd.core.fallback.fallback_stacks`) and
@@ -35,7 +37,8 @@ a second time.
 
 One watchdog per process, like the agent: the first app to start it decides its
 threshold and format. It runs only where the agent may read stacks (never in an
-``unsafe`` process).
+``unsafe`` process). Like the agent, it is a real OS thread under gevent: its
+thread, lock, selector and sockets come from :mod:`.native`.
 """
 
 from __future__ import annotations
@@ -43,10 +46,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
+import selectors
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,8 +61,9 @@ from ..core.samples import StackKey
 from ..core.samples import compare
 from ..core.samples import stack_key
 from . import forks
+from . import native
 from . import tracking
-from .snapshot import stack_report
+from .snapshot import stack_reports
 
 log = logging.getLogger("flask_utd")
 
@@ -151,8 +154,9 @@ class Watchdog:
     :param directory: the instance directory (faulthandler files, notes).
     :param socket_dir: ``UTD_SOCKET_DIR``, and ``instance``: to reach a
         worker's agent.
-    :param accounting: in a master, the server's accounting of its workers.
-    :param master: in a worker, the write end of the master's inbox.
+    :param accounting: in a master, the server's accounting of its workers; it
+        then receives the workers' notices on ``<pid>.watchdog`` in ``directory``.
+    :param master: in a worker, the path of the master's inbox.
     :param served: the server's count of the requests this process served.
     :param probe_timeout: how long a worker's agent may take to answer ``info``.
     """
@@ -168,7 +172,7 @@ class Watchdog:
         socket_dir: str,
         instance: str,
         accounting: Accounting | None = None,
-        master: socket.socket | None = None,
+        master: str | None = None,
         served: Served | None = None,
         probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
@@ -187,11 +191,33 @@ class Watchdog:
         self.probe_timeout = probe_timeout
         #: The looks' spacing: half the smallest threshold it watches.
         self.interval = threshold / 2 if threshold else None
-        self.inbox, self.inbox_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        #: The named inbox of a master, which its workers send to.
+        self.inbox_path: str | None = None
+        if accounting is not None:
+            self.inbox_path = sockets.watchdog_inbox_path(directory, self.pid)
+            self.inbox = _datagram_socket()
+            try:
+                os.unlink(self.inbox_path)  # an earlier process with this pid
+            except FileNotFoundError:
+                pass
+            self.inbox.bind(self.inbox_path)
+            os.chmod(self.inbox_path, 0o600)
+            self.inbox_w = _datagram_socket()
+            self.inbox_w.connect(self.inbox_path)
+        else:
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.inbox, self.inbox_w = (native.unpatched_socket(s) for s in pair)
         self.inbox.setblocking(False)
         self.inbox_w.setblocking(False)
-        self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-        self._stop = threading.Event()
+        #: What a worker sends its notices to the master's inbox with.
+        self._notices = _datagram_socket() if master is not None else None
+        self._selector = native.default_selector()
+        self._selector.register(self.inbox, selectors.EVENT_READ)
+        self.thread: native.NativeThread | None = None
+        # Held until stop(): the wait between looks is a timed acquire of it.
+        self._stop_lock = native.allocate_lock()
+        self._stop_lock.acquire()
+        self._stopped = False
         self._suspects: dict[int, _Suspect] = {}
         self._reported: dict[int, _Reported] = {}
         self._workers: dict[int, _Awake] = {}
@@ -205,33 +231,51 @@ class Watchdog:
     # -- the thread -------------------------------------------------------------
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = native.start_thread(self._run, THREAD_NAME)
         assert self.thread.ident is not None
         marks.mark(self.thread.ident, "watchdog")
 
     def stop(self) -> None:
-        """End the thread (used by tests and at exit) and close the inbox."""
-        self._stop.set()
+        """End the thread (used by tests and at exit), close the inbox, and
+        remove a master's named inbox."""
+        self._stopped = True
+        try:
+            self._stop_lock.release()
+        except RuntimeError:
+            pass  # released already
         self._send(self.inbox_w, _STOP)
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(5)
-        if self.thread.ident is not None:
-            marks.unmark(self.thread.ident)
+        thread = self.thread
+        if thread is not None and thread.ident != native.get_ident():
+            thread.join(5)
+        if thread is not None and thread.ident is not None:
+            marks.unmark(thread.ident)
         if tracking._wake == self._wake:
             tracking._wake = None
-        for sock in (self.inbox, self.inbox_w):
-            sock.close()
+        self._selector.close()
+        for sock in (self.inbox, self.inbox_w, self._notices):
+            if sock is not None:
+                sock.close()
+        if self.inbox_path is not None:
+            try:
+                os.unlink(self.inbox_path)
+            except OSError:
+                pass
+
+    def _wait(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds in this OS thread, or until stop()."""
+        if self._stop_lock.acquire(True, timeout):
+            self._stop_lock.release()
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopped:
                 if not self._look():
                     self._sleep()
-                    if self._stop.is_set():
+                    if self._stopped:
                         break
                 # Awake: the next look in half a threshold. After a wake-up by a
                 # request too: that request has only just started.
-                self._stop.wait(self._interval())
+                self._wait(self._interval())
                 self.wakeups += 1
         except Exception:
             # A bug must not take the process down: say so; dumps still work.
@@ -254,11 +298,11 @@ class Watchdog:
             tracking._wake = None
             return
         self._tell_master(_SLEEPS, since)
-        if self._stop.is_set():
+        if self._stopped:
             # stop() sets the flag, then sends: its datagram may have been
             # read by the look just before, and would not wake this select.
             return
-        select.select([self.inbox], [], [])
+        self._selector.select(None)
         self.wakeups += 1
         tracking._wake = None
 
@@ -273,17 +317,24 @@ class Watchdog:
         self._tell_master(_WOKE, now)
 
     def _tell_master(self, kind: bytes, when: float) -> None:
-        if self.master is not None:
-            self._send(self.master, kind, when)
+        if self.master is not None and self._notices is not None:
+            try:
+                self._notices.sendto(
+                    self._notice(kind, when), socket.MSG_DONTWAIT, self.master
+                )
+            except OSError:
+                pass  # no master watchdog (yet), or its inbox is full
 
     def _send(self, sock: socket.socket, kind: bytes, when: float = 0.0) -> None:
-        notice = _NOTICE.pack(
+        try:
+            sock.send(self._notice(kind, when), socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # its inbox is full: it is awake anyway
+
+    def _notice(self, kind: bytes, when: float) -> bytes:
+        return _NOTICE.pack(
             kind, self.pid, self.threshold or 0.0, when, self.fmt == "json"
         )
-        try:
-            sock.send(notice, socket.MSG_DONTWAIT)
-        except OSError:
-            pass  # the master is gone, or its inbox is full: nothing to do here
 
     # -- one look ---------------------------------------------------------------
 
@@ -343,17 +394,21 @@ class Watchdog:
         assert self.threshold is not None and self.interval is not None
         threshold = self.threshold
         current = dict(tracking._current)
+        wanted: dict[int, tracking.Record] = {}
         for ident, record in current.items():
-            age = now - record[2]
-            if age < threshold * SAMPLE_AT:
+            if now - record[2] < threshold * SAMPLE_AT:
                 continue
             reported = self._reported.get(ident)
             if reported is not None and reported.watched.record is record:
                 continue
+            wanted[ident] = record
+        captured = self._capture(set(wanted))
+        for ident, record in wanted.items():
+            age = now - record[2]
             suspect = self._suspects.get(ident)
             if suspect is None or suspect.record is not record:
                 suspect = self._suspects[ident] = _Suspect(record)
-            entry = self._capture(ident)
+            entry = captured.get(ident)
             if entry is None or tracking._current.get(ident) is not record:
                 continue  # it ended meanwhile
             suspect.samples.append((now, stack_key(entry["frames"])))
@@ -363,11 +418,12 @@ class Watchdog:
             if current.get(ident) is not suspect.record:
                 del self._suspects[ident]
 
-    def _capture(self, ident: int) -> Thread | None:
-        """The stack of the thread serving request ``ident`` now. A greenlet's
-        request (once a source of greenlets registers, issue 12) is found the
-        same way: its source gives the stack whose ident the tracker keys by."""
-        return stack_report(ident)
+    def _capture(self, idents: set[int]) -> dict[int, Thread]:
+        """The stacks serving the requests ``idents`` now, in one snapshot. The
+        tracker keys a request by its thread's ident, or under gevent by its
+        greenlet's id: the source of greenlets gives stacks by that id, so a
+        greenlet's request is captured the same way as a thread's."""
+        return stack_reports(idents)
 
     def _report(
         self,
@@ -559,6 +615,11 @@ class Watchdog:
         )
 
 
+def _datagram_socket() -> socket.socket:
+    """A Unix datagram socket of the standard library, whatever gevent patched."""
+    return native.unpatched_socket(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+
+
 def _request_threads(threads: list[Thread]) -> list[Thread]:
     """The threads of a faulthandler dump that serve a request: those inside
     the request tracker; failing those, every thread but flask-utd's own."""
@@ -584,10 +645,8 @@ def _request_threads(threads: list[Thread]) -> list[Thread]:
 
 # -- one per process ------------------------------------------------------------------
 
-_lock = threading.Lock()
+_lock = native.allocate_lock()
 _watchdog: Watchdog | None = None
-#: In a worker: the write end of its master's inbox, inherited through the fork.
-_master_inbox: socket.socket | None = None
 
 
 def start_watchdog(
@@ -616,6 +675,10 @@ def start_watchdog(
     global _watchdog
     if threshold is None and accounting is None:
         return None
+    directory = sockets.instance_dir(socket_dir, instance)
+    master = None
+    if role == "worker" and instance.isdigit():
+        master = sockets.watchdog_inbox_path(directory, int(instance))
     with _lock:
         if _watchdog is not None and _watchdog.pid == os.getpid():
             return _watchdog
@@ -624,11 +687,11 @@ def start_watchdog(
             fmt=fmt,
             role=role,
             worker_id=worker_id,
-            directory=sockets.instance_dir(socket_dir, instance),
+            directory=directory,
             socket_dir=socket_dir,
             instance=instance,
             accounting=accounting,
-            master=_master_inbox if role != "master" else None,
+            master=master,
             served=served,
             probe_timeout=probe_timeout,
         )
@@ -672,19 +735,15 @@ def stop_watchdog() -> None:
 
 @forks.renew_in_child
 def after_fork_in_child() -> None:
-    """In a forked child: the parent's watchdog thread does not exist here. A
-    worker forked by a master keeps the write end of the master's inbox (to
-    notify it); everything else of the parent's is closed."""
-    global _watchdog, _lock, _master_inbox
-    _lock = threading.Lock()
+    """In a forked child: the parent's watchdog thread does not exist here; its
+    sockets are closed (a worker finds its master's inbox by its name). The
+    lock is made anew: a thread of the parent may have held it at the fork."""
+    global _watchdog, _lock
+    _lock = native.allocate_lock()
     parent, _watchdog = _watchdog, None
-    inherited, _master_inbox = _master_inbox, None
-    if inherited is not None:
-        inherited.close()
     if parent is None or parent.pid == os.getpid():
         return
-    parent.inbox.close()
-    if parent.role == "master":
-        _master_inbox = parent.inbox_w
-    else:
-        parent.inbox_w.close()
+    parent._selector.close()
+    for sock in (parent.inbox, parent.inbox_w, parent._notices):
+        if sock is not None:
+            sock.close()

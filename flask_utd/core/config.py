@@ -1,13 +1,19 @@
 """The ``UTD_*`` settings: defaults, validation, and the resolved values.
 
-Defaults are set once with ``app.config.setdefault`` when the app is set up, and
-every value is checked there, so that a bad value fails at start-up with a message
-that names the key.
+One rule for where a setting comes from: the app's config, else the environment
+variable of the same name, else the default. Defaults (and values from the
+environment) are set once with ``app.config.setdefault`` when the app is set up,
+and every value is checked there, so that a bad value fails at start-up with a
+message that names the key. A process with no app (gunicorn's arbiter without
+``--preload``) reads the same environment, so it and the app agree on the key
+that signs dump URLs and on the addresses.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -34,6 +40,21 @@ DEFAULTS: dict[str, Any] = {
     "UTD_WATCHDOG": "auto",
     "UTD_WATCHDOG_FORMAT": "text",
 }
+
+#: Settings whose value in the environment is taken as it is written; the
+#: others are read as JSON there (``2.5``, ``true``, ``null``).
+TEXT_KEYS = frozenset(
+    {
+        "UTD_SOCKET_DIR",
+        "UTD_SECRET_KEY",
+        "UTD_ADMIN_LISTEN",
+        "UTD_LOCALS_REPR",
+        "UTD_WATCHDOG_FORMAT",
+    }
+)
+#: Settings whose value may also be this word, taken as written from the
+#: environment (``UTD_WATCHDOG=auto``); any other value is read as JSON.
+WORD_VALUES = {"UTD_WATCHDOG": "auto"}
 
 #: The ways locals may be shown (``UTD_LOCALS_REPR``): ``"builtin"`` calls no
 #: object's own ``__repr__``; ``"all"`` does, in a helper thread, within the budget.
@@ -63,7 +84,8 @@ class Settings:
     socket_dir: str
     #: The collector's deadline for each process, in seconds.
     timeout: float
-    #: The key that signs dump URLs: ``UTD_SECRET_KEY``, else ``SECRET_KEY``.
+    #: The key that signs dump URLs: ``UTD_SECRET_KEY`` (the app's config, else
+    #: the environment), else ``SECRET_KEY``.
     secret_key: str | bytes = field(repr=False)
     #: The signal on which every process registers :mod:`faulthandler`, or ``None``.
     fault_signal: int | None
@@ -113,8 +135,47 @@ def default_socket_dirs() -> list[str]:
     return dirs
 
 
+def from_environment(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``UTD_*`` settings that ``config`` does not set and the environment
+    does (an empty variable counts as unset).
+
+    Text settings (:data:`TEXT_KEYS`) are taken as written; the others are read as
+    JSON, as Flask's ``from_prefixed_env`` reads values: ``UTD_TIMEOUT=2.5``,
+    ``UTD_LOCALS=true``, ``UTD_FAULTHANDLER_SIGNAL_OFFSET=null``.
+
+    :param environ: the environment (default: :data:`os.environ`).
+    :raises ConfigError: a variable is not JSON; the message names it.
+    """
+    if environ is None:
+        environ = os.environ
+    found: dict[str, Any] = {}
+    for key in DEFAULTS:
+        raw = environ.get(key)
+        if key in config or not raw:
+            continue
+        if key in TEXT_KEYS or WORD_VALUES.get(key) == raw.strip():
+            found[key] = raw.strip() if key in WORD_VALUES else raw
+            continue
+        try:
+            found[key] = json.loads(raw)
+        except ValueError as err:
+            raise ConfigError(
+                f"the environment variable {key}={raw!r} cannot be read: write"
+                " its value as JSON (a number such as 2.5, true, false or null),"
+                " or set it in the app's config instead."
+            ) from err
+    return found
+
+
 def load_settings(config: dict[str, Any], *, need_secret: bool = True) -> Settings:
-    """Set the defaults in ``config``, check every value, and return them resolved.
+    """Complete ``config`` from the environment and the defaults, check every
+    value, and return them resolved.
+
+    A setting that ``config`` does not have is read from the environment variable
+    of the same name (:func:`from_environment`), else it gets its default; either
+    way it is then set in ``config`` (``app.config.setdefault``).
 
     :param config: the app's config (``app.config``).
     :param need_secret: whether a signing key is required (``False`` only for a
@@ -122,9 +183,23 @@ def load_settings(config: dict[str, Any], *, need_secret: bool = True) -> Settin
         which serves no dump URL).
     :raises ConfigError: a value has the wrong type or range; the message names the key.
     """
+    environment = from_environment(config)
+    for key, value in environment.items():
+        config.setdefault(key, value)
     for key, value in DEFAULTS.items():
         config.setdefault(key, value)
+    try:
+        return _resolve(config, need_secret)
+    except ConfigError as err:
+        named = [key for key in environment if str(err).startswith(f"{key} ")]
+        if not named:
+            raise
+        raise ConfigError(
+            f"{err} ({named[0]} is set in the environment, not in the app's config.)"
+        ) from err
 
+
+def _resolve(config: dict[str, Any], need_secret: bool) -> Settings:
     socket_dir = config["UTD_SOCKET_DIR"]
     if socket_dir is None:
         socket_dir = default_socket_dirs()[0]

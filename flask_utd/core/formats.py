@@ -21,12 +21,14 @@ from .report import Report
 class Renderer(Protocol):
     """A function that writes a report in one format."""
 
-    def __call__(self, report: Report, *, compact: bool) -> str:
+    def __call__(self, report: Report, *, compact: bool, all_threads: bool) -> str:
         """The text of ``report``.
 
         :param compact: ``True`` for the endpoint, which renders in a process of
             the server: as cheap to make as the format allows. ``False`` for the
             command lines, which print for people.
+        :param all_threads: show flask-utd's own threads (``own``) in full, where
+            the format folds them (``--all-threads``).
         """
 
 
@@ -43,7 +45,7 @@ class Format:
     render: Renderer
 
 
-def _json(report: Report, *, compact: bool) -> str:
+def _json(report: Report, *, compact: bool, all_threads: bool) -> str:
     if compact:
         # json.dumps encodes in C only without indent: indented, the report of a
         # master and 16 workers took 4 ms instead of 0.7 ms, in a worker that
@@ -52,19 +54,19 @@ def _json(report: Report, *, compact: bool) -> str:
     return json.dumps(report, indent=2) + "\n"
 
 
-def _text(report: Report, *, compact: bool) -> str:
+def _text(report: Report, *, compact: bool, all_threads: bool) -> str:
     from .render import render_text
 
-    return render_text(report)
+    return render_text(report, all_threads=all_threads)
 
 
-def _html(report: Report, *, compact: bool) -> str:
+def _html(report: Report, *, compact: bool, all_threads: bool) -> str:
     from .page import render_page  # and so Jinja: only when a page is asked for
 
     return render_page(report)
 
 
-def _jsonl(report: Report, *, compact: bool) -> str:
+def _jsonl(report: Report, *, compact: bool, all_threads: bool) -> str:
     # One JSON object per thread per line: always compact.
     from .jsonl import render_jsonl
 
@@ -88,11 +90,15 @@ FORMATS: dict[str, Format] = {
 DEFAULT = "text"
 
 
-def render(report: Report, name: str, *, compact: bool = False) -> str:
+def render(
+    report: Report, name: str, *, compact: bool = False, all_threads: bool = False
+) -> str:
     """The report in format ``name``.
 
     :param name: a key of :data:`FORMATS`.
     :param compact: as cheap to make as the format allows (see :class:`Renderer`).
+    :param all_threads: flask-utd's own threads in full (the text folds each to
+        one line by default; JSON and the page always have them).
     :raises ValueError: no such format.
     """
     try:
@@ -101,4 +107,4 @@ def render(report: Report, name: str, *, compact: bool = False) -> str:
         raise ValueError(
             f"no output format {name!r}: use one of {', '.join(FORMATS)}"
         ) from None
-    return found.render(report, compact=compact)
+    return found.render(report, compact=compact, all_threads=all_threads)

@@ -26,6 +26,7 @@ from .errors import EXIT_OK
 from .errors import EXIT_PARTIAL
 from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
+from .errors import SocketDirError
 from .report import Report
 from .samples import DEFAULT_INTERVAL
 from .samples import MAX_INTERVAL
@@ -129,11 +130,17 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         help="show the locals of the innermost frames (the app must set UTD_LOCALS)",
     )
     dump.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="show the stacks of flask-utd's own threads too (the text shows"
+        " one line for each by default)",
+    )
+    dump.add_argument(
         "--slow-after",
         metavar="SECONDS",
         type=_slow_after,
         default=DEFAULTS["UTD_SLOW_REQUEST"],
-        help="list requests older than this many seconds first, as stuck"
+        help="mark requests older than this many seconds as stuck"
         " (default: %(default)g)",
     )
     dump.add_argument(
@@ -201,6 +208,7 @@ def collect_one(
     :param samples: with more than 1, that many collections ``interval``
         seconds apart, merged (:func:`~flask_utd.core.collector.collect_samples`).
     :raises InstanceNotFound: no instance, several, or no process ``pid``.
+    :raises SocketDirError: this user may not read the socket directory.
     """
     socket_dir, found = find_instance(socket_dirs, instance)
     options = {"locals": True} if show_locals else None
@@ -243,14 +251,17 @@ def dump(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    all_threads: bool = False,
     samples: int = 1,
     interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
-    :returns: 0 when every process answered, 2 on a usage error (said on
-        stderr), 3 when some process did not answer.
+    :param all_threads: show flask-utd's own threads in full.
+    :returns: 0 when every process answered, 2 on a usage error or a socket
+        directory this user may not read (said on stderr), 3 when some process
+        did not answer.
     """
     try:
         report = collect_one(
@@ -263,10 +274,10 @@ def dump(
             samples=samples,
             interval=interval,
         )
-    except InstanceNotFound as err:
+    except (InstanceNotFound, SocketDirError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(formats.render(report, format))
+    sys.stdout.write(formats.render(report, format, all_threads=all_threads))
     sys.stdout.flush()
     return exit_code(report)
 
@@ -326,6 +337,7 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             timeout=options.timeout,
             show_locals=options.show_locals,
             slow_after=options.slow_after,
+            all_threads=options.all_threads,
             samples=options.samples,
             interval=options.interval,
         )

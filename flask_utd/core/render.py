@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .config import DEFAULTS
+from .nesting import is_greenlet
+from .nesting import nested
+from .nesting import running_greenlets
 from .report import Report
 from .report import Request
 from .report import Thread
+from .summary import app_frame
+from .summary import origin_of
 from .summary import process_key
+from .summary import summarize
 
 
 def _origin(process: Mapping[str, Any]) -> str:
@@ -25,14 +32,56 @@ def _process_title(process: Mapping[str, Any]) -> str:
     return f"{role} (pid {process['pid']}){_origin(process)}"
 
 
+def _greenlet_title(greenlet: Thread) -> str:
+    parts = [f"id {greenlet['ident']}"]
+    if greenlet.get("thread_ident") is not None:
+        parts.append(f"on thread {greenlet['thread_ident']}")
+    for flag, text in (
+        ("hub", "hub"),
+        ("main", "main greenlet"),
+        ("running", "running"),
+    ):
+        if greenlet.get(flag):
+            parts.append(text)
+    return f'Greenlet "{greenlet["name"]}" ({", ".join(parts)})'
+
+
+def _greenlet_lines(greenlet: Thread, names: dict[int, str]) -> list[str]:
+    """What a greenlet entry says beyond a thread's: its hub's idle greenlets,
+    and a blocked hub, from both sides."""
+    lines = []
+    blocking = greenlet.get("blocking_hub")
+    if blocking:
+        lines.append(
+            f"Has not yielded to the hub for {_seconds(blocking['for_s'])}, since"
+            f" {blocking['since']}: every other greenlet of this thread waits on it"
+        )
+    culprit = greenlet.get("blocked_by")
+    if culprit is not None:
+        lines.append(
+            f"Blocked for {_seconds(greenlet.get('blocked_for_s'))} by greenlet"
+            f' "{names.get(culprit, "?")}" (id {culprit}), which has not yielded'
+        )
+    idle = greenlet.get("idle_greenlets")
+    if idle:
+        lines.append(
+            f"{_plural(idle, 'idle greenlet')} of the server (connections waiting"
+            " for a request), not listed"
+        )
+    return lines
+
+
 def _thread_title(thread: Thread) -> str:
+    if is_greenlet(thread):
+        return _greenlet_title(thread)
     parts = [f"ident {thread['ident']}"]
     if thread.get("native_id") is not None:
         parts.append(f"native id {thread['native_id']}")
     if thread.get("daemon"):
         parts.append("daemon")
-    if thread.get("is_agent"):
-        parts.append("flask-utd agent")
+    own = _own(thread)
+    if own is not None:
+        parts.append(OWN_STATES.get(own, f"flask-utd {own}"))
     return f'Thread "{thread["name"]}" ({", ".join(parts)})'
 
 
@@ -61,33 +110,172 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    roles = {process_key(p): p for p in report["processes"]}
-    stuck = summary.get("stuck_requests") or []
+def wait_text(wait: str | None, call: str | None = None) -> str:
+    """A thread's state as the text and the page say it: ``sleeping``,
+    ``in-call (sqlite3.Connection.execute)``."""
+    text = wait or "unknown"
+    return f"{text} ({call})" if call else text
+
+
+#: What to do when processes do not answer, by status, in the order said.
+_ADVICE = {
+    "refused": "run this command as the server's user (or root)",
+    "timeout": "try again, or raise --timeout (UTD_TIMEOUT): a thread may hold"
+    " the GIL in C code",
+    "unsafe": "add `py-call-uwsgi-fork-hooks = true` to uwsgi.ini",
+    "stale": "try again: the processes were exiting (a restart?)",
+    "error": "read each process's error below",
+}
+
+
+def _status_counts(processes: list[Any]) -> str:
+    counts: dict[str, int] = {}
+    for process in processes:
+        if process["status"] != "ok":
+            counts[process["status"]] = counts.get(process["status"], 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def headline(report: Report, summary: dict[str, Any]) -> list[str]:
+    """The first lines of a dump: what is known of the requests in progress, and
+    what is not (processes that did not answer), never more than that.
+
+    ``["Nothing could be read: ...", "What to do: ..."]`` when no process
+    answered; else how many requests are in progress, how many of them are
+    stuck, and the oldest; and how many processes are missing from that count.
+    """
+    processes = report["processes"]
+    missing = [p for p in processes if p["status"] != "ok"]
+    if not processes:
+        return [
+            "Nothing could be read: no process of this server instance has an"
+            " agent socket (the server is starting or stopping?), so nothing is"
+            " known about its requests. What to do: try again in a moment."
+        ]
+    if len(missing) == len(processes):
+        statuses = [p["status"] for p in missing]
+        advice = [_ADVICE[s] for s in _ADVICE if s in statuses]
+        noun = "process" if len(processes) == 1 else f"{len(processes)} processes"
+        subject = "the one process" if len(processes) == 1 else f"none of the {noun}"
+        return [
+            f"Nothing could be read: {subject} answered ({_status_counts(missing)}),"
+            " so nothing is known about the requests in progress or stuck.",
+            f"What to do: {'; '.join(advice)}. Each process below says why.",
+        ]
+    requests = requests_in_progress(report, summary)
     slow = summary.get("slow_after")
-    older = f" (older than {slow:g} s)" if isinstance(slow, (int, float)) else ""
-    lines.append("")
-    if stuck:
-        lines.append(f"Stuck requests{older}, oldest first:")
-        for item in stuck:
-            process = roles.get(
-                process_key(item), {"pid": item["pid"], "role": item.get("role")}
-            )
-            endpoint = f" ({item['endpoint']})" if item.get("endpoint") else ""
-            lines.append(
-                f"  {_seconds(item.get('elapsed_s')):>8}  {item['method']}"
-                f" {item['path']}{endpoint} in {_where(process)},"
-                f' thread "{item["thread"]}", {item.get("wait") or "unknown"}'
-            )
-            if item.get("request_id"):
-                lines.append(f"            request id {item['request_id']}")
-            moved = _moved_text(item.get("moved"), item.get("same_line_s"))
-            if moved:
-                lines.append(f"            {moved}")
-            lines.append(f"            at {_frame_line(item.get('app_frame'))}")
+    threshold = f"{slow:g} s" if isinstance(slow, (int, float)) else "the threshold"
+    stuck = sum(1 for r in requests if r["stuck"])
+    oldest = max(
+        (r["elapsed_s"] for r in requests if r.get("elapsed_s") is not None),
+        default=None,
+    )
+    order = (
+        "those that did not move between samples first, then oldest first"
+        if any(r.get("moved") is False for r in requests)
+        else "oldest first"
+    )
+    if not requests:
+        lines = ["No request in progress."]
+    elif stuck:
+        lines = [
+            f"{_plural(len(requests), 'request')} in progress, {stuck} stuck (older"
+            f" than {threshold}), {order}:"
+        ]
+    elif len(requests) == 1:
+        age = f" for {_seconds(oldest)}" if oldest is not None else ""
+        lines = [f"1 request in progress{age}, not stuck (older than {threshold}):"]
     else:
-        lines.append(f"No stuck requests{older}.")
+        age = f", oldest {_seconds(oldest)}" if oldest is not None else ""
+        lines = [
+            f"{len(requests)} requests in progress{age}, none stuck (older than"
+            f" {threshold}):"
+        ]
+    if missing:
+        lines.insert(
+            0,
+            f"{len(missing)} of {len(processes)} processes did not answer"
+            f" ({_status_counts(missing)}): their requests are not listed here;"
+            " each says why below.",
+        )
+    return lines
+
+
+def _moved_text(moved: bool | None, same_line_s: float | None) -> str | None:
+    """What the samples say of a thread: ``None`` without samples."""
+    if moved is None:
+        return None
+    if moved:
+        return "moved between samples"
+    return f"did not move between samples, on the same line for {_seconds(same_line_s)}"
+
+
+def _unmoved_request_first(thread: Mapping[str, Any]) -> bool:
+    """Sort key: a thread serving a request that did not move across samples
+    first (``False`` sorts first); without samples, every thread alike."""
+    return not (thread.get("request") and thread.get("moved") is False)
+
+
+def _request_item_lines(item: dict[str, Any]) -> list[str]:
+    where = _where(item)
+    mark = "stuck" if item["stuck"] else ""
+    if item.get("path") is not None:
+        endpoint = f" ({item['endpoint']})" if item.get("endpoint") else ""
+        what = f"{item['method']} {item['path']}{endpoint}"
+    else:
+        what = "a request (not recorded)"
+    lines = [
+        f"  {mark:<5} {_seconds(item.get('elapsed_s')):>8}  {what} in {where},"
+        f' {item.get("kind") or "thread"} "{item["thread"]}",'
+        f" {wait_text(item.get('wait'), item.get('call'))}"
+    ]
+    if item.get("request_id"):
+        lines.append(f"                  request id {item['request_id']}")
+    moved = _moved_text(item.get("moved"), item.get("same_line_s"))
+    if moved:
+        lines.append(f"                  {moved}")
+    lines.append(f"                  at {_frame_line(item.get('app_frame'))}")
+    return lines
+
+
+def _blocked_hub_lines(
+    summary: dict[str, Any], roles: Mapping[Any, Mapping[str, Any]]
+) -> list[str]:
+    """The greenlets that do not yield, longest first: each blocks every other
+    greenlet of its thread (:mod:`flask_utd.agent.greenlets`)."""
+    blocked = summary.get("blocked_hubs") or []
+    if not blocked:
+        return []
+    lines = ["Blocked hubs: a greenlet that does not yield, longest first:"]
+    for item in blocked:
+        process = roles.get(
+            process_key(item), {"pid": item["pid"], "role": item.get("role")}
+        )
+        lines.append(
+            f'  {_seconds(item.get("for_s")):>8}  greenlet "{item["name"]}" in'
+            f" {_where(process)}, since {item.get('since')}:"
+            f" {_plural(item.get('waiting') or 0, 'other greenlet')} wait on it"
+        )
+        request = item.get("request")
+        if request:
+            endpoint = f" ({request['endpoint']})" if request.get("endpoint") else ""
+            wait = item.get("wait") or "unknown"
+            lines.append(
+                f"            serving {request['method']}"
+                f" {request['path']}{endpoint}, {wait}"
+            )
+        lines.append(f"            at {_frame_line(item.get('app_frame'))}")
+    lines.append("")
+    return lines
+
+
+def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = [""]
+    roles = {process_key(p): p for p in report["processes"]}
+    lines.extend(_blocked_hub_lines(summary, roles))
+    lines.extend(headline(report, summary))
+    for item in requests_in_progress(report, summary):
+        lines.extend(_request_item_lines(item))
     states = summary.get("threads_by_state") or {}
     if states:
         lines.append("")
@@ -113,9 +301,11 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
             if group.get("hosts", 1) > 1:
                 place += f" on {group['hosts']} hosts"
             frame = group.get("app_frame") or (group["frames"] or [None])[-1]
+            kinds = {t.get("kind", "thread") for t in group["threads"]}
+            wait = wait_text(group.get("wait"), group.get("call"))
             lines.append(
-                f"  {group['count']} threads in {place}:"
-                f" {group.get('wait') or 'unknown'} at {_frame_line(frame)}"
+                f"  {group['count']} {_stack_noun(kinds)} in {place}: {wait} at"
+                f" {_frame_line(frame)}"
             )
             names = ", ".join(
                 f'"{t["name"]}" (pid {t["pid"]}'
@@ -127,10 +317,16 @@ def _summary_lines(report: Report, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _stack_noun(kinds: set[str]) -> str:
+    if kinds == {"greenlet"}:
+        return "greenlets"
+    return "threads" if kinds <= {"thread"} else "threads and greenlets"
+
+
 def _state_line(thread: Thread, names: dict[int, str]) -> str | None:
     if "wait" not in thread:
         return None
-    parts = [f"State: {thread['wait']}"]
+    parts = [f"State: {wait_text(thread['wait'], thread.get('call'))}"]
     if thread.get("os_state"):
         parts.append(f"OS state {thread['os_state']}")
     if thread.get("wchan"):
@@ -139,21 +335,6 @@ def _state_line(thread: Thread, names: dict[int, str]) -> str | None:
     if owner is not None:
         parts.append(f'lock held by "{names.get(owner, "?")}" (ident {owner})')
     return ", ".join(parts)
-
-
-def _moved_text(moved: bool | None, same_line_s: float | None) -> str | None:
-    """What the samples say of a thread: ``None`` without samples."""
-    if moved is None:
-        return None
-    if moved:
-        return "moved between samples"
-    return f"did not move between samples, on the same line for {_seconds(same_line_s)}"
-
-
-def _unmoved_request_first(thread: Mapping[str, Any]) -> bool:
-    """Sort key: a thread serving a request that did not move across samples
-    first (``False`` sorts first); without samples, every thread alike."""
-    return not (thread.get("request") and thread.get("moved") is False)
 
 
 def _request_line(request: Request) -> str:
@@ -166,14 +347,32 @@ def _request_line(request: Request) -> str:
     return text
 
 
-def render_text(report: Report) -> str:
+def _summary_of(report: Report) -> dict[str, Any]:
+    """The report's ``summary``, or one made with the default threshold for a
+    report that has none."""
+    summary = report.get("summary")
+    if summary is None:
+        summary = summarize(report, DEFAULTS["UTD_SLOW_REQUEST"])
+    return summary
+
+
+#: What the text says instead of the stack of one of flask-utd's own threads.
+_FOLDED = "stack not shown (--all-threads)"
+
+
+def render_text(report: Report, *, all_threads: bool = False) -> str:
     """The report as a thread dump to read in a terminal.
 
-    It opens with the summary: the stuck requests, oldest first, each with the
-    line of the application it is on; the count of threads per state; and the
-    stacks that several threads share. Then the full dump: per process its pid,
-    role and worker id; per thread its request, its state, and its stack,
-    innermost frame last, as in a Python traceback.
+    It opens with the summary: what is known of the requests in progress (or
+    that nothing could be read, and what to do), then every request in
+    progress, oldest first, the stuck ones marked, each with the line of the
+    application it is on; the count of threads per state; and the stacks that
+    several threads share. Then the full dump: per process its pid, role and
+    worker id; per thread its request, its state, and its stack, innermost
+    frame last, as in a Python traceback.
+
+    :param all_threads: show the stacks of flask-utd's own threads (the agent,
+        the admin listener, the collector) too; by default each is one line.
     """
     processes = report["processes"]
     answered = sum(1 for p in processes if p["status"] == "ok")
@@ -194,6 +393,12 @@ def render_text(report: Report) -> str:
             f" {report['host']} at {report['generated_at']}"
         ]
     lines.append(f"{len(processes)} process(es), {answered} answered")
+    samples = report.get("samples")
+    if samples:
+        lines.append(
+            f"{_plural(samples['count'], 'sample')} {samples['interval_s']:g} s apart;"
+            " the last one is shown, each thread says whether it moved"
+        )
     unlisted = report.get("unlisted")
     if unlisted:
         pids = ", ".join(f"{u['pid']}{_origin(u)}" for u in unlisted)
@@ -202,18 +407,10 @@ def render_text(report: Report) -> str:
             " (a worker starting or exiting, or a process that runs no app, such"
             " as uWSGI's http router)"
         )
-    summary = report.get("summary")
-    if summary is None:
-        from .config import DEFAULTS
-        from .summary import summarize
-
-        summary = summarize(report, DEFAULTS["UTD_SLOW_REQUEST"])
-    samples = report.get("samples")
-    if samples:
-        lines.append(
-            f"{_plural(samples['count'], 'sample')} {samples['interval_s']:g} s apart;"
-            " the last one is shown, each thread says whether it moved"
-        )
+    summary = _summary_of(report)
+    slow_after = summary.get("slow_after")
+    if not isinstance(slow_after, (int, float)):
+        slow_after = DEFAULTS["UTD_SLOW_REQUEST"]
     lines.extend(_summary_lines(report, summary))
     lines.append("")
     lines.append("Full dump:")
@@ -229,29 +426,55 @@ def render_text(report: Report) -> str:
             for note in locals_entry.get("notes") or ():
                 lines.append(f"    Locals incomplete: {note}")
         names = {t["ident"]: t["name"] for t in process["threads"]}
-        for thread in sorted(process["threads"], key=_unmoved_request_first):
+        hosted = running_greenlets(process["threads"])
+        # Greenlets under their OS thread, indented, the stuck ones first;
+        # request threads that did not move across samples before the others.
+        threads = sorted(process["threads"], key=_unmoved_request_first)
+        for thread, depth in nested(threads, slow_after):
             lines.append("")
-            lines.append(_thread_title(thread))
-            request = thread.get("request")
-            if request:
-                lines.append(_request_line(request))
-            state = _state_line(thread, names)
-            if state:
-                lines.append(state)
-            moved = _moved_text(thread.get("moved"), thread.get("same_line_s"))
-            if moved:
-                lines.append(f"Samples: {moved}")
-            lines.append("Stack (most recent call last):")
-            for frame in thread["frames"]:
-                lines.append(
-                    f'  File "{frame["file"]}", line {frame["line"]},'
-                    f" in {frame['function']}"
-                )
-                if frame.get("code"):
-                    lines.append(f"    {frame['code']}")
-                for name, value in (frame.get("locals") or {}).items():
-                    lines.append(f"      {name} = {value}")
+            if not all_threads and is_own(thread):
+                lines.append("    " * depth + f"{_thread_title(thread)}: {_FOLDED}")
+                continue
+            lines.extend(
+                "    " * depth + line
+                for line in _entry_lines(thread, names, hosted.get(thread["ident"]))
+            )
     return "\n".join(lines) + "\n"
+
+
+def _entry_lines(
+    thread: Thread, names: dict[int, str], running: Thread | None
+) -> list[str]:
+    """One thread's (or greenlet's) part of the full dump."""
+    lines = [_thread_title(thread)]
+    request = thread.get("request")
+    if request:
+        lines.append(_request_line(request))
+    state = _state_line(thread, names)
+    if state:
+        lines.append(state)
+    moved = _moved_text(thread.get("moved"), thread.get("same_line_s"))
+    if moved:
+        lines.append(f"Samples: {moved}")
+    if is_greenlet(thread):
+        lines.extend(_greenlet_lines(thread, names))
+    elif running is not None:
+        # The thread's frames are those of the greenlet running on it.
+        lines.append(
+            f'Stack: that of greenlet "{running["name"]}" (id {running["ident"]}),'
+            " which runs on this thread (below)"
+        )
+        return lines
+    lines.append("Stack (most recent call last):")
+    for frame in thread["frames"]:
+        lines.append(
+            f'  File "{frame["file"]}", line {frame["line"]}, in {frame["function"]}'
+        )
+        if frame.get("code"):
+            lines.append(f"    {frame['code']}")
+        for name, value in (frame.get("locals") or {}).items():
+            lines.append(f"      {name} = {value}")
+    return lines
 
 
 #: Order of the thread states on the page, most telling first.
@@ -261,6 +484,7 @@ STATE_ORDER = [
     "waiting-condition",
     "io-socket",
     "io-select",
+    "in-call",
     "sleeping",
     "unknown",
 ]
@@ -287,10 +511,15 @@ OWN_STATES = {
 }
 
 
+def _own(thread: Mapping[str, Any]) -> str | None:
+    own = thread.get("own") or ("agent" if thread.get("is_agent") else None)
+    return str(own) if own else None
+
+
 def is_own(thread: Mapping[str, Any]) -> bool:
     """Whether the thread is flask-utd's own (the agent marks it in ``own``):
     noise, next to the app's threads."""
-    return bool(thread.get("own") or thread.get("is_agent"))
+    return _own(thread) is not None
 
 
 def _serves_request(thread: Mapping[str, Any]) -> bool:
@@ -303,52 +532,63 @@ def _serves_request(thread: Mapping[str, Any]) -> bool:
 def _thread_state(thread: Mapping[str, Any]) -> str:
     if thread.get("wait"):
         return str(thread["wait"])
-    own = thread.get("own") or ("agent" if thread.get("is_agent") else None)
+    own = _own(thread)
     if own:
         return OWN_STATES.get(own, f"flask-utd {own}")
     return "serving a request" if _serves_request(thread) else "other"
 
 
-def _app_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The innermost frame outside installed packages and the standard library."""
-    app_frames = [f for f in frames if f["short"] == f["file"]] or frames
-    return app_frames[-1] if app_frames else None
-
-
-def _requests_in_progress(
-    processes: list[dict[str, Any]], stuck: list[dict[str, Any]]
+def requests_in_progress(
+    report: Report, summary: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Every request being served, from the threads themselves: those that did
-    not move across samples first, then those the summary lists as stuck
-    (``stuck_requests``), marked, then the oldest."""
-    stuck_by_key = {(*process_key(r), r.get("ident")): r for r in stuck}
-    found = []
-    for process in processes:
+    """Every request being served, read from the threads themselves: those
+    that did not move across samples first, then the oldest; ``stuck`` marks
+    those the summary lists as stuck
+    (``stuck_requests``, older than its ``slow_after``). flask-utd's own
+    threads are left out. A thread with a Flask dispatch in its stack but no
+    recorded request (an older report) is listed without method and path.
+    """
+    stuck_by_key = {
+        (*process_key(r), r.get("ident")): r
+        for r in summary.get("stuck_requests") or ()
+    }
+    found: list[dict[str, Any]] = []
+    for process in report["processes"]:
         for thread in process["threads"]:
-            if not thread["serving"] or thread["noise"]:
+            if is_own(thread) or not _serves_request(thread):
                 continue
-            request = thread.get("request") or {}
+            request: Mapping[str, Any] = thread.get("request") or {}
             listed = stuck_by_key.get((*process_key(process), thread["ident"]))
+            frames = thread["frames"]
             found.append(
                 {
-                    "host": process.get("host"),
-                    "instance": process.get("instance"),
+                    **origin_of(process),
                     "pid": process["pid"],
                     "role": process["role"],
                     "worker_id": process.get("worker_id"),
                     "thread": thread["name"],
+                    "ident": thread["ident"],
                     "method": request.get("method"),
                     "path": request.get("path"),
+                    "endpoint": request.get("endpoint"),
+                    "request_id": request.get("request_id"),
                     "elapsed_s": request.get("elapsed_s"),
+                    "wait": thread.get("wait"),
+                    "call": thread.get("call"),
                     "moved": thread.get("moved"),
                     "same_line_s": thread.get("same_line_s"),
                     "stuck": listed is not None,
                     "app_frame": (listed or {}).get("app_frame")
-                    or _app_frame(thread["frames"]),
+                    or app_frame(frames)
+                    or (dict(frames[-1]) if frames else None),
                 }
             )
     found.sort(
-        key=lambda r: (r["moved"] is not False, not r["stuck"], -(r["elapsed_s"] or 0))
+        key=lambda r: (
+            r["moved"] is not False,
+            r["elapsed_s"] is None,
+            -(r["elapsed_s"] or 0),
+        )
     )
     return found
 
@@ -377,50 +617,73 @@ def page_context(report: Report) -> dict[str, Any]:
     where the collector provides them, and counts what is there otherwise.
     """
     processes = report["processes"]
-    summary = report.get("summary") or {}
+    summary = _summary_of(report)
     answered = summary.get("answered", sum(1 for p in processes if p["status"] == "ok"))
     by_state = summary.get("threads_by_state") or _count_states(report)
+    slow_after = summary.get("slow_after")
+    if not isinstance(slow_after, (int, float)):
+        slow_after = 5.0
     shown = []
     for process in processes:
         threads = []
+        hosted = running_greenlets(process["threads"])
+        names = {t["ident"]: t["name"] for t in process["threads"]}
         for thread in process["threads"]:
             frames = [
                 dict(f, short=short_file(str(f["file"]))) for f in thread["frames"]
             ]
             noise = is_own(thread)
+            # A thread on which a greenlet runs shows that greenlet's frames:
+            # the greenlet's entry tells them (and serves its request).
+            running = None if is_greenlet(thread) else hosted.get(thread["ident"])
             threads.append(
                 {
                     **thread,
                     "frames": frames,
-                    "serving": _serves_request(thread) and not noise,
+                    "serving": _serves_request(thread)
+                    and not noise
+                    and running is None,
                     "noise": noise,
                     "state": _thread_state(thread),
                     "request": thread.get("request"),
                     "outer": frames[:-1],
                     "inner": frames[-1] if frames else None,
+                    "greenlet": is_greenlet(thread),
+                    "runs_greenlet": running,
+                    "notes": _greenlet_lines(thread, names),
                 }
             )
         # Request threads first (those that did not move across samples before
         # the others), then the others; the agents and the threads making this
-        # dump last.
+        # dump last; greenlets under their OS thread, stuck first.
         threads.sort(
             key=lambda t: (t["noise"], not t["serving"], _unmoved_request_first(t))
         )
+        ordered = [
+            dict(t, depth=depth)
+            for t, depth in nested(threads, slow_after)  # type: ignore[arg-type]
+        ]
         shown.append(
             {
                 **process,
                 "title": _process_title(process),
-                "threads": threads,
+                "threads": ordered,
                 "serving": sum(1 for t in threads if t["serving"]),
+                "greenlets": sum(1 for t in threads if t["greenlet"]),
             }
         )
     return {
         "report": report,
         "answered": answered,
         "process_count": summary.get("processes", len(processes)),
-        "thread_count": sum(len(p["threads"]) for p in processes),
+        "thread_count": sum(
+            1 for p in processes for t in p["threads"] if not is_greenlet(t)
+        ),
+        "greenlet_count": sum(p["greenlets"] for p in shown),
+        "blocked_hubs": summary.get("blocked_hubs") or [],
         "threads_by_state": sorted(by_state.items(), key=_state_key),
-        "requests": _requests_in_progress(shown, summary.get("stuck_requests") or []),
+        "headline": headline(report, summary),
+        "requests": requests_in_progress(report, summary),
         "processes": shown,
         "samples": report.get("samples"),
     }

@@ -62,6 +62,15 @@ class Request(TypedDict):
     elapsed_s: float
 
 
+class BlockingHub(TypedDict):
+    """How long a greenlet has kept its hub from running (``"blocking_hub"``)."""
+
+    #: Seconds since the hub's event loop last turned.
+    for_s: float
+    #: When that was (ISO 8601, UTC).
+    since: str
+
+
 class _ThreadRequired(TypedDict):
     ident: int
     native_id: int | None
@@ -86,6 +95,10 @@ class Thread(_ThreadRequired, total=False):
     os_state: str | None
     wchan: str | None
     lock_owner: int | None
+    #: The C function the innermost frame is calling, when the agent can name
+    #: it (``"sqlite3.Connection.execute"``); ``wait`` is then ``"in-call"``
+    #: unless the line named the wait already.
+    call: str | None
     frames_truncated: int
     #: With samples (``--samples``): whether the stack moved between them;
     #: ``None`` for a thread seen in one sample only.
@@ -96,6 +109,21 @@ class Thread(_ThreadRequired, total=False):
     same_line_s: float | None
     #: ``"faulthandler"`` for a thread read by the fallback.
     source: str
+    #: A greenlet that runs on its OS thread at the moment of the dump: its
+    #: frames are that thread's.
+    running: bool
+    #: The gevent hub of its OS thread.
+    hub: bool
+    #: The main greenlet of its OS thread (the code that started the hub).
+    main: bool
+    #: On a hub: how many idle greenlets of a gevent server (kept-alive
+    #: connections waiting for a request) its thread has, counted, not listed.
+    idle_greenlets: int
+    #: On a hub: the greenlet that has not yielded to it for ``blocked_for_s``.
+    blocked_by: int
+    blocked_for_s: float
+    #: On the greenlet that blocks its hub: for how long, since when.
+    blocking_hub: BlockingHub
 
 
 class _ProcessRequired(TypedDict):

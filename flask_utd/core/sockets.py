@@ -27,6 +27,9 @@ UNSAFE_SUFFIX = ".unsafe"
 #: The note the master's watchdog leaves when it has reported a worker through
 #: faulthandler (:mod:`flask_utd.agent.watchdog`).
 STALLED_SUFFIX = ".stalled"
+#: The master's watchdog's inbox: a datagram socket its workers' requests send
+#: a notice to when they wake their own watchdog.
+WATCHDOG_SUFFIX = ".watchdog"
 _PEERCRED = struct.Struct("3i")
 
 
@@ -186,6 +189,11 @@ def socket_path(socket_dir: str, instance: str, pid: int) -> str:
     return os.path.join(socket_dir, instance, f"{pid}{SOCKET_SUFFIX}")
 
 
+def watchdog_inbox_path(directory: str, pid: int) -> str:
+    """The inbox of the master ``pid``'s watchdog, in an instance directory."""
+    return os.path.join(directory, f"{pid}{WATCHDOG_SUFFIX}")
+
+
 def stalled_note_path(directory: str, pid: int) -> str:
     """The master's note that it reported worker ``pid`` through faulthandler,
     in an instance directory."""
@@ -210,13 +218,55 @@ class Entry(NamedTuple):
     kind: str
 
 
+def _user(uid: int) -> tuple[str, str]:
+    """A user's name (or ``uid N``), and how a message names them."""
+    import pwd  # only for this message
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}", f"uid {uid}"
+    return name, f"{name} (uid {uid})"
+
+
+def unreadable(path: str) -> SocketDirError:
+    """The error for a socket directory this user may not read: which directory
+    stops it (``path`` or one on the way), whose it is, and what to do."""
+    path = os.path.abspath(path)
+    here = path
+    while True:
+        try:
+            st = os.stat(here)
+            break
+        except PermissionError:
+            here = os.path.dirname(here)
+    which = "it" if here == path else f"{here}, on the way to it,"
+    name, owner = _user(st.st_uid)
+    if st.st_uid == 0:
+        what = "run this command as root (with sudo)"
+    else:
+        sudo = name if name != f"uid {st.st_uid}" else f"'#{st.st_uid}'"
+        what = f"run this command as {name} or as root (sudo -u {sudo} ...)"
+    return SocketDirError(
+        f"cannot read the socket directory {path}: {which} belongs to {owner},"
+        f" mode {stat.S_IMODE(st.st_mode):o}, and this command runs as"
+        f" {_user(os.geteuid())[1]}. The agents answer only the server's user and"
+        f" root: {what}."
+    )
+
+
 def list_entries(directory: str) -> list[Entry]:
-    """The agent sockets and unsafe notes in one instance directory."""
+    """The agent sockets and unsafe notes in one instance directory.
+
+    :raises SocketDirError: this user may not read it (:func:`unreadable`).
+    """
     entries = []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
+    except PermissionError:
+        raise unreadable(directory) from None
     for name in names:
         base, ext = os.path.splitext(name)
         if not base.isdigit():
@@ -271,19 +321,38 @@ def live_children(pid: int) -> set[int]:
 def list_instances(socket_dir: str) -> list[str]:
     """The instance directories in ``socket_dir`` whose owner process still exists.
 
-    The directory of an instance whose master is gone is cleaned up on the way: its
-    stale sockets and notes are removed, then the directory if it is empty (a uWSGI
-    master runs no ``atexit`` handler, so nothing else removes it).
+    The directory of an instance whose master is gone is cleaned up on the way
+    (:func:`prune_gone_instances`).
+
+    :raises SocketDirError: this user may not read it (:func:`unreadable`).
     """
+    return _scan(socket_dir, keep=None)
+
+
+def prune_gone_instances(socket_dir: str, keep: str) -> None:
+    """Clean up the directories of instances whose owner process is gone, except
+    ``keep`` (the instance of the caller, which is alive whatever its owner).
+
+    Their stale sockets and the other files of processes that are gone go, then
+    each directory if that leaves it empty. A uWSGI master runs no ``atexit``
+    handler, and no Python code at all when it exits, so nothing else removes
+    them: every agent that starts, and every collection, passes here.
+    """
+    _scan(socket_dir, keep=keep)
+
+
+def _scan(socket_dir: str, keep: str | None) -> list[str]:
     try:
         names = sorted(os.listdir(socket_dir))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError:
+        raise unreadable(socket_dir) from None
     live = []
     for name in names:
         if not name.isdigit():
             continue
-        if pid_alive(int(name)):
+        if name == keep or pid_alive(int(name)):
             live.append(name)
         else:
             _prune(os.path.join(socket_dir, name))
@@ -291,12 +360,23 @@ def list_instances(socket_dir: str) -> list[str]:
 
 
 def _prune(directory: str) -> None:
-    for entry in list_entries(directory):
-        if entry.kind == "socket":
-            remove_if_stale(entry.path)
-        elif not pid_alive(entry.pid):
+    """Remove what the processes of a dead instance left: a socket nobody listens
+    on, and every other ``<pid>.*`` file (faulthandler file, note, a socket being
+    bound) of a pid that is gone; then the directory, if empty."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid, dot, _ = name.partition(".")
+        if not pid.isdigit() or not dot:
+            continue  # not ours: the directory stays
+        path = os.path.join(directory, name)
+        if name == f"{pid}{SOCKET_SUFFIX}":
+            remove_if_stale(path)
+        elif not pid_alive(int(pid)):
             try:
-                os.unlink(entry.path)
+                os.unlink(path)
             except OSError:
                 pass
     try:

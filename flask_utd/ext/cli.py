@@ -31,6 +31,7 @@ from ..core.errors import EXIT_OK
 from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from here
 from ..core.errors import EXIT_USAGE
 from ..core.errors import InstanceNotFound
+from ..core.errors import SocketDirError
 from ..core.samples import DEFAULT_INTERVAL
 from ..core.samples import MAX_INTERVAL
 from ..core.samples import MAX_SAMPLES
@@ -55,6 +56,7 @@ def run_dump(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    all_threads: bool = False,
     samples: int = 1,
     interval: float = DEFAULT_INTERVAL,
 ) -> int:
@@ -63,11 +65,13 @@ def run_dump(
     :param format: a name in :data:`~flask_utd.core.formats.FORMATS`.
     :param show_locals: ask for the locals of the innermost frames (each
         process's app must allow them with ``UTD_LOCALS = True``).
-    :param slow_after: requests older than this are listed first, as stuck.
+    :param slow_after: requests older than this are marked as stuck.
+    :param all_threads: show flask-utd's own threads in full.
     :param samples: take that many dumps ``interval`` seconds apart, and say of
         every thread whether it moved between them.
     :returns: 0 when every process answered, 3 when some did not.
-    :raises UsageError: no instance (or several) found, or no process ``pid``.
+    :raises UsageError: no instance (or several) found, no process ``pid``, or
+        a socket directory this user may not read.
     """
     from ..core import lean
 
@@ -82,9 +86,9 @@ def run_dump(
             samples=samples,
             interval=interval,
         )
-    except InstanceNotFound as err:
+    except (InstanceNotFound, SocketDirError) as err:
         raise UsageError(str(err)) from err
-    click.echo(formats.render(report, format), nl=False)
+    click.echo(formats.render(report, format, all_threads=all_threads), nl=False)
     return lean.exit_code(report)
 
 
@@ -149,6 +153,12 @@ def finish(code: int, *, testing: bool = False) -> NoReturn:
 
 _dump_options = [
     click.option(
+        "--socket-dir",
+        type=click.Path(file_okay=False),
+        help="The server's socket directory (default: UTD_SOCKET_DIR, else the"
+        " per-user directories).",
+    ),
+    click.option(
         "--format",
         type=click.Choice(list(formats.FORMATS)),
         help=f"What to print (default: {formats.DEFAULT}).",
@@ -168,8 +178,14 @@ _dump_options = [
     click.option(
         "--slow-after",
         type=click.FloatRange(min=0),
-        help="List requests older than this many seconds first, as stuck"
+        help="Mark requests older than this many seconds as stuck"
         " (default: UTD_SLOW_REQUEST).",
+    ),
+    click.option(
+        "--all-threads",
+        is_flag=True,
+        help="Show the stacks of flask-utd's own threads too (one line each by"
+        " default).",
     ),
     click.option(
         "--timeout",
@@ -206,6 +222,7 @@ def register(bp: Blueprint) -> None:
     @bp.cli.command("dump")
     @_with_dump_options
     def dump_command(
+        socket_dir: str | None,
         format: str | None,
         as_json: bool,
         pid: int | None,
@@ -213,6 +230,7 @@ def register(bp: Blueprint) -> None:
         timeout: float | None,
         show_locals: bool,
         slow_after: float | None,
+        all_threads: bool,
         samples: int,
         interval: float,
     ) -> None:
@@ -220,7 +238,9 @@ def register(bp: Blueprint) -> None:
         if as_json and format is not None:
             raise click.UsageError("--json is --format json: give one of them.")
         settings = current_app.extensions["utd"].settings
-        if current_app.config["UTD_SOCKET_DIR"] is None:
+        if socket_dir is not None:
+            dirs = [os.path.abspath(socket_dir)]
+        elif current_app.config["UTD_SOCKET_DIR"] is None:
             dirs = default_socket_dirs()
         else:
             dirs = [settings.socket_dir]
@@ -235,6 +255,7 @@ def register(bp: Blueprint) -> None:
                 slow_after=(
                     settings.slow_request if slow_after is None else slow_after
                 ),
+                all_threads=all_threads,
                 samples=samples,
                 interval=interval,
             ),
@@ -277,14 +298,23 @@ def register(bp: Blueprint) -> None:
     @click.option(
         "--base",
         metavar="URL",
-        help="The server's address, e.g. https://app.example.com, for an absolute URL.",
+        help="The server's address, e.g. https://app.example.com, for an absolute"
+        " URL (default: the admin listener's, when UTD_ADMIN_LISTEN is set).",
     )
     def url_command(expires: float | None, base: str | None) -> None:
         """Print a signed URL of the thread dump page, valid for a few minutes."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
 
         def run() -> int:
-            click.echo(make_url(app, expires=expires, base=base))
+            url = make_url(app, expires=expires, base=base)
+            click.echo(url)
+            where = app.extensions["utd"].settings.admin_listen
+            if base is None and isinstance(where, str):
+                click.echo(
+                    f"The admin listener is on the Unix socket {where}: curl"
+                    f" --unix-socket {where} 'http://localhost{url}'",
+                    err=True,
+                )
             return EXIT_OK
 
         run_and_finish(run, testing=current_app.testing)
@@ -297,8 +327,10 @@ def make_url(
 
     :param expires: the lifetime in seconds (default and maximum:
         ``UTD_URL_MAX_AGE``).
-    :param base: the server's address (``https://host``); without it, the path
-        and query only.
+    :param base: the server's address (``https://host``); without it, the admin
+        listener's (``UTD_ADMIN_LISTEN`` at a host and port: ``http://host:port``,
+        this machine's name for a wildcard address), else the path and query
+        only.
     :raises UsageError: ``expires`` is out of range.
     """
     settings = app.extensions["utd"].settings
@@ -315,6 +347,21 @@ def make_url(
     token = make_token(settings.secret_key, expires)
     # Built without a request: the route's path wherever the blueprint was put.
     path = app.url_map.bind("localhost").build("utd.dump", {"token": token})
+    if base is None and isinstance(settings.admin_listen, tuple):
+        base = admin_base(*settings.admin_listen)
     if base:
         return base.rstrip("/") + path
     return path
+
+
+def admin_base(host: str, port: int) -> str:
+    """``http://host:port`` of an admin listener on a host and port: a wildcard
+    address (``0.0.0.0``, ``::``) is this machine's name, an IPv6 address in
+    brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        import socket
+
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

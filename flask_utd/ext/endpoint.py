@@ -21,6 +21,7 @@ from flask import current_app
 from flask import request
 
 from ..agent import forks
+from ..core.config import Settings
 from ..core.report import Report
 from ..servers.place import current_place
 from ..servers.place import roster
@@ -46,13 +47,60 @@ def after_fork_in_child() -> None:
     _collecting = threading.Lock()
 
 
-def _error(status: int, message: str, **headers: str) -> Response:
+def error_response(status: int, message: str, **headers: str) -> Response:
     response = Response(
         json.dumps({"error": message}) + "\n",
         status=status,
         mimetype="application/json",
     )
     response.headers.update(headers)
+    return response
+
+
+#: What a browser is told about a refused link, by the reason the token was
+#: refused: a title and what happened.
+_REFUSED = {
+    "expired token": (
+        "This link has expired",
+        "A link to the thread dump is valid for {lifetime} (UTD_URL_MAX_AGE), so"
+        " that a link that leaks soon shows nothing.",
+    ),
+    "missing token": (
+        "This address needs a signed link",
+        "It shows the thread dump of every process of the server, to whoever"
+        " holds a link signed with the server's key, for a few minutes.",
+    ),
+}
+_INVALID = (
+    "This link is not valid",
+    "It was cut short or changed on the way (a chat or a mail client may do"
+    " that), or it was signed with another key than this server's"
+    " (UTD_SECRET_KEY, else SECRET_KEY).",
+)
+
+
+def _lifetime(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} seconds"
+
+
+def _refused(reason: str, max_age: float) -> Response:
+    """403 for a browser: a small page that says what happened to the link and
+    how to get a new one (scripts get the JSON error)."""
+    from flask import render_template
+
+    title, what = _REFUSED.get(reason, _INVALID)
+    lifetime = _lifetime(max_age)
+    page = render_template(
+        "utd/denied.html",
+        title=title,
+        what=what.format(lifetime=lifetime),
+        lifetime=lifetime,
+        reason=reason,
+    )
+    response = Response(page, status=403, mimetype="text/html")
+    _no_leaks(response)
     return response
 
 
@@ -100,40 +148,63 @@ def _sampling() -> tuple[int, float] | str:
     return int(samples), interval
 
 
-def dump() -> Response:
-    """The thread dump of every process of this server instance.
+def token_problem(settings: Settings) -> str | None:
+    """Why this request's token does not authorize it, or ``None`` when it does.
 
-    Authorized by a signed token in ``?token=`` (see :func:`flask utd url`);
-    403 with a JSON error when it is missing, malformed, tampered with or
-    expired, and then nothing is collected. ``?samples=N&interval=S`` (at most
-    5 samples, 2 s apart) takes N dumps and says of every thread whether it
-    moved between them; 400 beyond those bounds.
+    The token is the signed one of ``flask utd url``, in ``?token=`` or in an
+    ``Authorization: Bearer <token>`` header (which stays out of access logs).
     """
-    from ..core import collector
-    from ..core.formats import FORMATS
     from .signing import MAX_TOKEN_CHARS
     from .signing import BadToken
     from .signing import check_token
 
-    settings = current_app.extensions["utd"].settings
     token = request.args.get("token")
+    if token is None:
+        authorization = request.authorization
+        if authorization is not None and authorization.type == "bearer":
+            token = authorization.token
     try:
         if token is not None and len(token) > MAX_TOKEN_CHARS:
             raise BadToken("malformed token")
         check_token(settings.secret_key, token, settings.url_max_age)
     except BadToken as err:
-        return _error(403, str(err))
+        return str(err)
+    return None
+
+
+def dump() -> Response:
+    """The thread dump of every process of this server instance.
+
+    Authorized by a signed token (see :func:`flask utd url`) in ``?token=``, or
+    in an ``Authorization: Bearer <token>`` header, which stays out of access
+    logs; 403 when it is missing, malformed, tampered with or expired, and then
+    nothing is collected: a small HTML page that says so and how to get a new
+    link for a browser (which asks for the HTML format), a JSON error for
+    everyone else. ``?samples=N&interval=S`` (at most 5 samples, 2 s apart)
+    takes N dumps and says of every thread whether it moved between them; 400
+    beyond those bounds.
+    """
+    from ..core import collector
+    from ..core.formats import FORMATS
+
+    settings = current_app.extensions["utd"].settings
+    refused = token_problem(settings)
+    if refused is not None:
+        chosen = _choose_format()
+        if chosen is not None and chosen.media_type == "text/html":
+            return _refused(refused, settings.url_max_age)
+        return error_response(403, refused)
     fmt = _choose_format()
     if fmt is None:
-        return _error(400, f"format must be one of {', '.join(FORMATS)}")
+        return error_response(400, f"format must be one of {', '.join(FORMATS)}")
     sampling = _sampling()
     if isinstance(sampling, str):
-        return _error(400, sampling)
+        return error_response(400, sampling)
     samples, interval = sampling
     lock = _collecting
     if not lock.acquire(timeout=COLLECT_WAIT):
         retry = math.ceil(settings.timeout + collector.MARGIN)
-        return _error(
+        return error_response(
             429,
             "another thread dump is being collected by this process; try again"
             f" in {retry} s",
@@ -166,14 +237,21 @@ def dump() -> Response:
 
 
 def _represent(report: Report, fmt: Format) -> Response:
-    response = Response(fmt.render(report, compact=True), mimetype=fmt.media_type)
+    response = Response(
+        fmt.render(report, compact=True, all_threads=False), mimetype=fmt.media_type
+    )
+    _no_leaks(response, csp=fmt.media_type == "text/html")
+    return response
+
+
+def _no_leaks(response: Response, *, csp: bool = True) -> None:
+    """The URL carries the token: keep it out of caches and Referer headers; an
+    HTML page loads nothing and runs no script."""
     response.vary.add("Accept")
-    # The URL carries the token: keep it out of caches and Referer headers.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
-    if fmt.media_type == "text/html":
+    if csp:
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
             " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
-    return response

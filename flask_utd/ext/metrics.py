@@ -18,32 +18,26 @@ from flask import request
 
 from ..servers.place import current_place
 from ..servers.place import roster
-from .endpoint import _error
+from .endpoint import error_response
+from .endpoint import token_problem
 
 
 def metrics() -> Response:
     """The metrics of every process of this server instance, in Prometheus's
     text format (OpenMetrics if the scraper asks for it).
 
-    On the app's port, authorized by a signed token in ``?token=`` as the dump
-    is; ``403`` with a JSON error otherwise, and nothing is asked.
+    On the app's port, authorized by a signed token as the dump is
+    (:func:`~flask_utd.ext.endpoint.token_problem`); ``403`` with a JSON error
+    otherwise, and nothing is asked.
     """
     from ..core.collector import collect_stats
     from ..servers.admin import SERVED_BY_ADMIN
 
     settings = current_app.extensions["utd"].settings
     if not request.environ.get(SERVED_BY_ADMIN):
-        from .signing import MAX_TOKEN_CHARS
-        from .signing import BadToken
-        from .signing import check_token
-
-        token = request.args.get("token")
-        try:
-            if token is not None and len(token) > MAX_TOKEN_CHARS:
-                raise BadToken("malformed token")
-            check_token(settings.secret_key, token, settings.url_max_age)
-        except BadToken as err:
-            return _error(403, str(err))
+        refused = token_problem(settings)
+        if refused is not None:
+            return error_response(403, refused)
     stats = collect_stats(
         settings.socket_dir,
         current_place().instance,

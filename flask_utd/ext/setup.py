@@ -11,11 +11,12 @@ from flask import Flask
 from ..agent.tracking import RequestTracker
 from ..core.config import Settings
 from ..core.config import load_settings
+from ..core.errors import ConfigError
 from ..core.errors import SetupError
-from ..servers.place import current_place
 from ..servers.setup import setup_admin
 from ..servers.setup import setup_process
-from ..servers.setup import start_for_place
+from ..servers.setup import start_at_first_request
+from ..servers.startup import startup_error
 
 
 @dataclass
@@ -44,20 +45,20 @@ def set_up(app: Flask) -> UTDState:
             " either with app.register_blueprint(utd_bp) or with UTD(app) /"
             " utd.init_app(app), not both."
         )
-    settings = load_settings(app.config)
+    try:
+        settings = load_settings(app.config)
+    except ConfigError as err:
+        # One line in the server's log, not a traceback; the app still fails.
+        raise startup_error(err) from None
     server_managed = setup_process(settings)
     state = UTDState(settings, server_managed)
     app.extensions["utd"] = state
     app.wsgi_app = RequestTracker(  # type: ignore[method-assign]
         app.wsgi_app,
         capture_query=settings.capture_query,
-        on_new_process=None if server_managed else partial(_start_here, settings),
+        on_new_process=(
+            None if server_managed else partial(start_at_first_request, settings)
+        ),
     )
     setup_admin(app, settings)
     return state
-
-
-def _start_here(settings: Settings) -> None:
-    # The first request a process serves is the first moment known to be in a
-    # serving process, after any fork.
-    start_for_place(settings, current_place())

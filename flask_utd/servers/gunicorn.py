@@ -4,7 +4,6 @@ in each worker (the hooks themselves, and how to install them, are there)."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from ..core.config import load_settings
 from .place import Place
 from .place import set_place
 from .setup import loaded_settings
+from .setup import served_here
 from .setup import start_for_place
 
 if TYPE_CHECKING:
@@ -25,42 +25,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_utd")
 
-#: What the hooks read from the environment when the arbiter has no app.
-ENVIRONMENT_KEYS = (
-    "UTD_ADMIN_LISTEN",
-    "UTD_SECRET_KEY",
-    "UTD_WATCHDOG",
-    "UTD_WATCHDOG_FORMAT",
-)
-#: Those read as JSON when they parse (``12``, ``null``), as Flask's
-#: ``from_prefixed_env`` does; as text otherwise (``auto``).
-_JSON_KEYS = ("UTD_WATCHDOG",)
-
 
 def _settings() -> list[Settings]:
     """The settings of the apps loaded here (``--preload``), else those of the
-    environment (``UTD_SOCKET_DIR``, ``UTD_ADMIN_LISTEN``, ``UTD_SECRET_KEY``)."""
+    environment: every ``UTD_*`` variable, read as the app reads it when its
+    config does not set it (:func:`~flask_utd.core.config.load_settings`)."""
     loaded = loaded_settings()
     if loaded:
         return loaded
-    config = _environment()
     # A secret is needed only to serve the dump URL (the admin listener).
-    return [load_settings(config, need_secret="UTD_ADMIN_LISTEN" in config)]
-
-
-def _environment() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key in ENVIRONMENT_KEYS:
-        value = os.environ.get(key)
-        if not value:
-            continue
-        if key in _JSON_KEYS:
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        found[key] = value
-    return found
+    return [load_settings({}, need_secret=bool(os.environ.get("UTD_ADMIN_LISTEN")))]
 
 
 def _start_admin(
@@ -87,16 +61,12 @@ def _start_admin(
             err,
         )
         return
+    served_here(settings)
     server_log.info(
         "flask-utd: admin listener of the gunicorn arbiter (pid %d) bound to %s",
         os.getpid(),
         listener.address,
     )
-
-
-def environment() -> dict[str, Any]:
-    """The ``UTD_*`` settings the hooks read from the environment."""
-    return _environment()
 
 
 def _remove_files(server: Any, pid: int) -> None:
@@ -107,6 +77,7 @@ def _remove_files(server: Any, pid: int) -> None:
             sockets.unsafe_note_path(settings.socket_dir, str(server.pid), pid),
             fallback.fh_path(directory, pid),
             sockets.stalled_note_path(directory, pid),
+            sockets.watchdog_inbox_path(directory, pid),
         ):
             try:
                 os.unlink(path)

@@ -4,6 +4,8 @@ anything else; and the server's own list of its workers."""
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +118,27 @@ def given_place() -> Place | None:
     return None
 
 
+def gunicorn_worker_without_hooks() -> Place | None:
+    """This process's place if it is a gunicorn worker that the hooks of
+    :mod:`flask_utd.gunicorn` did not place, else ``None``.
+
+    gunicorn's worker installs its own signal handlers, bound methods of the
+    ``Worker``, before it loads the app; that worker knows its arbiter's pid
+    (``ppid``). It is this process's worker only if this process is its child,
+    not a process the worker forked in turn.
+    """
+    base = sys.modules.get("gunicorn.workers.base")
+    if base is None or given_place() is not None:
+        return None
+    worker = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if not isinstance(worker, base.Worker):
+        return None
+    arbiter = getattr(worker, "ppid", None)
+    if worker.pid != os.getpid() or arbiter != os.getppid():
+        return None
+    return Place("worker", None, str(arbiter))
+
+
 def current_place() -> Place:
     """Where this process sits: uWSGI or gunicorn master or worker, else a plain
     process."""
@@ -137,7 +160,7 @@ def current_place() -> Place:
         if hasattr(uwsgi, "i_am_the_spooler") and uwsgi.i_am_the_spooler():
             return Place("spooler", None, instance)
         return Place("process", None, instance)
-    return Place("process", None, str(os.getpid()))
+    return gunicorn_worker_without_hooks() or Place("process", None, str(os.getpid()))
 
 
 def roster() -> list[dict[str, Any]] | None:

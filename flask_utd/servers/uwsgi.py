@@ -159,6 +159,56 @@ def _postfork() -> None:
         start(unsafe)
 
 
+#: What the master does once it has forked its first process, each with no
+#: argument, in the order registered.
+_in_master: list[Callable[[], None]] = []
+#: The pid of the master that has done them (a reload execs a new interpreter).
+_master_ready_in: list[int] = []
+
+
+def on_master_fork(start: Callable[[], None]) -> None:
+    """Call ``start()`` in the uWSGI master once it has forked its first process
+    (a worker, mule, spooler or gateway), not before.
+
+    Under ``daemonize2`` uWSGI loads the app, then forks to daemonize, and the
+    master goes on in the child under a new pid, without the threads of the
+    process that loaded the app. uWSGI forks nothing of its own before it
+    daemonizes, so once the master has forked a process it stays the master.
+
+    Needs ``py-call-uwsgi-fork-hooks``: the master then runs Python's fork hooks
+    around each fork (``os.register_at_fork``'s ``after_in_parent``).
+    """
+    if not _in_master:
+        os.register_at_fork(after_in_parent=_master_forked)
+    if start not in _in_master:
+        _in_master.append(start)
+
+
+def _master_forked() -> None:
+    """In a process that has just forked: if it is the master and the first time
+    since it became the master, do what :func:`on_master_fork` registered."""
+    uwsgi = uwsgi_module()
+    pid = os.getpid()
+    if uwsgi is None or uwsgi.masterpid() != pid or _master_ready_in == [pid]:
+        return  # a worker forking in turn, or done already
+    _master_ready_in[:] = [pid]
+    # A master that was forked to daemonize did not run Python's fork handlers:
+    # renew now what the process that loaded the app may have left.
+    forks.after_fork()
+    for start in list(_in_master):
+        try:
+            start()
+        except Exception:  # never take the master down
+            log.exception("flask-utd: starting in the uWSGI master failed")
+
+
+def daemonized_after_loading() -> bool:
+    """Whether uWSGI runs with ``daemonize2``: it forked the master to daemonize
+    it after the app was loaded."""
+    uwsgi = uwsgi_module()
+    return uwsgi is not None and bool(uwsgi.opt.get("daemonize2"))
+
+
 def log_to_server(message: str) -> None:
     """Write ``message`` to uWSGI's own log (where its start-up lines are)."""
     uwsgi = uwsgi_module()

@@ -8,7 +8,7 @@ from flask_utd.core.formats import Format
 from flask_utd.core.report import Report
 
 
-def shout(report: Report, *, compact: bool) -> str:
+def shout(report: Report, *, compact: bool, all_threads: bool) -> str:
     pids = " ".join(str(p["pid"]) for p in report["processes"])
     return f"SHOUT pids {pids} compact {compact}\n"
 
