@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from flask_utd.core.collector import collect
 from tests.helpers import SUPPORTED
 from tests.helpers import Gunicorns
 from tests.helpers import Servers
@@ -299,3 +300,59 @@ def test_gunicorn_arbiter_logs_a_worker_holding_the_gil_before_the_kill(
         ended["flask_utd.gone"] is True
         and ended["process.pid"] == record["process.pid"]
     )
+
+
+def test_gunicorn_gevent_each_stuck_greenlet_is_logged(
+    gunicorns: Gunicorns, socket_dir: str
+) -> None:
+    """Under ``gunicorn -k gevent`` every request is a greenlet of one thread:
+    each stuck one is its own record (the greenlet's id and name), captured
+    through the dump's source of greenlets. A greenlet that spins without
+    yielding blocks the hub and every other greenlet, not the watchdog, a real
+    OS thread: it is reported too, while it spins."""
+    server = gunicorns.start(
+        ["-k", "gevent", "-w", "1", "--timeout", "30", "tests.apps.green:app"],
+        env={"DEMO_UTD_WATCHDOG": "1", "DEMO_UTD_WATCHDOG_FORMAT": "json"},
+    )
+    wait_for(lambda: layout(socket_dir, server.pid, count=1))
+    fire(server.url("/sleep?seconds=4"))
+    fire(server.url("/read?seconds=4"))
+    quick: list[str] = []
+    fire(server.url("/pid"), quick).join(30)
+    assert quick and quick[0].strip().isdigit(), quick
+
+    def in_flight() -> bool:
+        report = collect(socket_dir, str(server.pid))
+        paths = {
+            request["path"]
+            for p in report["processes"]
+            for t in p["threads"]
+            if (request := t.get("request")) is not None
+        }
+        return {"/sleep", "/read"} <= paths
+
+    wait_for(in_flight, timeout=10)
+    spun: list[str] = []
+    spinning = fire(server.url("/spin?seconds=3"), spun)
+
+    def stuck_records() -> dict[str, dict[str, Any]] | None:
+        found = {
+            r["url.path"]: r
+            for _, r in json_records(server.log())
+            if r["event.name"] == "flask_utd.watchdog.stuck"
+        }
+        return found if len(found) == 3 else None
+
+    found = wait_for(stuck_records)
+    spinning.join(30)
+    assert spun == ["spun\n"]
+    # Reported while the spin held the hub (it lasts 3 s): the watchdog does
+    # not wait on the hub.
+    assert 1.0 <= found["/spin"]["flask_utd.elapsed_s"] < 3.0
+    assert found["/sleep"]["flask_utd.wait"] == "sleeping"
+    assert found["/read"]["flask_utd.wait"] == "io-socket"
+    assert found["/spin"]["code.function"] == "spin"
+    # Each greenlet's own id, not the thread's that runs them all.
+    assert len({r["thread.id"] for r in found.values()}) == 3
+    assert all(r["flask_utd.role"] == "worker" for r in found.values())
+    assert "/pid" not in found
