@@ -65,6 +65,10 @@ CLIENTS = 2
 IDLE_SECONDS = 2.0 if SMOKE else 60.0
 #: (b): requests of each kind whose CPU time, in the whole server, is added up.
 CPU_REQUESTS = 2 if SMOKE else 60
+#: (e): the watchdog's threshold (UTD_WATCHDOG) in the servers of (d) and (e),
+#: and how long the in-process measure of its wake-ups sends requests.
+WATCHDOG_SECONDS = 1.0
+WATCHDOG_LOAD_SECONDS = 3.0 if SMOKE else 20.0
 
 #: uWSGI settings shared by every server of the benchmark.
 UWSGI_OPTIONS = [
@@ -177,6 +181,7 @@ def uwsgi_server(
     site: str | None = None,
     utd: bool = True,
     stuck: bool = True,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[UwsgiServer]:
     """A real uWSGI: a master and ``workers`` workers, one request stuck in a
     worker; flask_utd imported from ``site`` (a :func:`plain_install`), if given."""
@@ -188,6 +193,7 @@ def uwsgi_server(
         "BENCH_UTD_SOCKET_DIR": socket_dir,
         "BENCH_UTD": "1" if utd else "0",
         "PYTHONPATH": os.pathsep.join([*([site] if site else []), str(ROOT)]),
+        **(env_extra or {}),
     }
     options = [*UWSGI_OPTIONS, "--workers", str(workers)]
     if site:
@@ -1031,25 +1037,103 @@ def bench_gevent_throughput(table: Table, tmp: str, install: Install) -> None:
     )
 
 
-def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
+def _own_threads(socket_dir: str, master: int, *own: str) -> list[tuple[int, int]]:
+    """(pid, native id) of flask-utd's own threads doing ``own`` in every
+    process of the server."""
     from flask_utd.core.collector import collect
+
+    report = collect(socket_dir, str(master))
+    return [
+        (p["pid"], t["native_id"])
+        for p in report["processes"]
+        for t in p["threads"]
+        if (t.get("own") or ("agent" if t["is_agent"] else None)) in own
+        and t["native_id"]
+    ]
+
+
+def bench_watchdog(table: Table) -> None:
+    """(e) the watchdog's wake-ups while requests are in flight: short requests
+    one after another through the tracker, as a sync worker serves them, with a
+    count of requests served as uWSGI and gunicorn keep; counted by the
+    watchdog itself (the kernel would add the GIL's hand-overs)."""
+    from flask_utd.agent import tracking
+    from flask_utd.agent import watchdog
+    from flask_utd.agent.tracking import RequestTracker
+
+    served = [0]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        served[0] += 1
+        time.sleep(0.002)
+        return [b"ok"]
+
+    tracked = RequestTracker(app)
+    dog = watchdog.start_watchdog(
+        threshold=WATCHDOG_SECONDS,
+        fmt="text",
+        role="worker",
+        worker_id=1,
+        socket_dir=tempfile.gettempdir(),
+        instance="bench",
+        served=lambda: served[0],
+    )
+    assert dog is not None
+    try:
+        wait_for(lambda: tracking._wake is not None, "the watchdog sleeps")
+        before = dog.wakeups
+        started = time.monotonic()
+        while time.monotonic() - started < WATCHDOG_LOAD_SECONDS:
+            tracked({"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, None)  # type: ignore[arg-type]
+            time.sleep(0.003)
+        took = time.monotonic() - started
+        woken = dog.wakeups - before
+    finally:
+        watchdog.stop_watchdog()
+    half = WATCHDOG_SECONDS / 2
+    # The first request wakes it; then one look per half threshold.
+    bound = took / half + 1
+    table.add(
+        Row(
+            "e",
+            f"watchdog wake-ups over {took:.0f} s of requests in flight",
+            f"{woken} wake-ups",
+            f"{took / half:.0f} half thresholds of {half:g} s",
+            woken / (took / half),
+            "<= 1 per half threshold",
+            "met" if woken <= bound else f"MISSED: {woken} > {bound:.0f}",
+        )
+    )
+
+
+def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
 
     with_dir = tempfile.mkdtemp(prefix="d", dir=tmp)
     without_dir = tempfile.mkdtemp(prefix="n", dir=tmp)
+    watchdog_env = {"BENCH_UTD_WATCHDOG": str(WATCHDOG_SECONDS)}
     with (
-        uwsgi_server(2, with_dir, site=install.site, stuck=False) as with_utd,
+        uwsgi_server(
+            2, with_dir, site=install.site, stuck=False, env_extra=watchdog_env
+        ) as with_utd,
         uwsgi_server(
             2, without_dir, site=install.site, utd=False, stuck=False
         ) as without_utd,
     ):
         assert with_utd.port is not None and without_utd.port is not None
         burst(with_utd.port), burst(without_utd.port)  # warm both
+        watchdogs = _own_threads(with_dir, with_utd.pid, "watchdog")
+        switched = {w: wakeups(*w) for w in watchdogs}
+        loaded = 0.0
         rates: dict[str, list[float]] = {"with": [], "without": []}
         ports = {"with": with_utd.port, "without": without_utd.port}
         for i in range(BURSTS):
             # ABBA order: neither side always runs first, on a warmer machine.
             for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
+                started = time.monotonic()
                 rates[side].append(burst(ports[side]))
+                if side == "with":
+                    loaded += time.monotonic() - started
+        switches = sum(wakeups(*w) - switched[w] for w in watchdogs)
         rw, ro = statistics.median(rates["with"]), statistics.median(rates["without"])
         pairs = [w / o for w, o in zip(rates["with"], rates["without"], strict=True)]
         table.add(
@@ -1064,6 +1148,16 @@ def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
             )
         )
 
+        table.add(
+            Row(
+                "e",
+                f"watchdog threads under load (info): {len(watchdogs)} processes,"
+                f" {loaded:.0f} s of requests, UTD_WATCHDOG {WATCHDOG_SECONDS:g} s",
+                f"{switches} context switches",
+                "GIL hand-overs included; looks: see the next line",
+            )
+        )
+        bench_watchdog(table)
         bench_wsgi(table, tmp)
 
         # (e) memory, after both served the same load.
@@ -1091,14 +1185,9 @@ def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
             )
         )
 
-        # (e) the agent thread's CPU while idle, in every process of the server.
-        report = collect(with_dir, str(with_utd.pid))
-        agents = [
-            (p["pid"], t["native_id"])
-            for p in report["processes"]
-            for t in p["threads"]
-            if t["is_agent"] and t["native_id"]
-        ]
+        # (e) the agent and watchdog threads' CPU while idle, in every process of
+        # the server.
+        agents = _own_threads(with_dir, with_utd.pid, "agent", "watchdog")
         # Let the agents finish with that collection before watching them.
         last: list[dict[tuple[int, int], int]] = [{}]
 
@@ -1126,7 +1215,8 @@ def bench_server_costs(table: Table, tmp: str, install: Install) -> None:
         table.add(
             Row(
                 "e",
-                f"agent threads' CPU over {idle:.0f} s idle ({len(agents)} processes)",
+                f"agent and watchdog threads' CPU over {idle:.0f} s idle"
+                f" ({len(agents)} threads)",
                 f"{ticks / hz * 1000:.0f} ms, {woken} wake-ups",
                 ", ".join(states),
                 None,

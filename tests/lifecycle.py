@@ -31,15 +31,18 @@ def layout(
     count: int,
     master_runs: str = "agent",
     faulthandler: bool = True,
+    watchdog: bool = True,
 ) -> bool:
     """Whether the instance directory holds exactly one socket per live process
     (the master, if it runs an agent, and each of its ``count`` children), one
-    faulthandler file per safe process, and nothing else but an unsafe note for
-    a master that runs no agent.
+    faulthandler file per safe process, the master's watchdog inbox, and
+    nothing else but an unsafe note for a master that runs no agent.
 
     :param master_runs: ``"agent"``, ``"unsafe-agent"`` (an agent that reports
         ``unsafe``, with no faulthandler file), ``"note"`` (an unsafe note) or
         ``"nothing"`` (``lazy-apps``: the master never loads the app).
+    :param watchdog: whether a master that runs a safe agent runs a watchdog
+        (``UTD_WATCHDOG`` is not ``None``): its ``<pid>.watchdog`` inbox.
     """
     live = children(master)
     if len(live) != count:
@@ -51,6 +54,8 @@ def layout(
         expected[".fh"] = agents if master_runs == "agent" else live
     if master_runs == "note":
         expected[".unsafe"] = {master}
+    if watchdog and master_runs == "agent":
+        expected[".watchdog"] = {master}
     return files_by_kind(socket_dir, master) == expected
 
 

@@ -10,6 +10,8 @@ from flask_utd import ConfigError
 from flask_utd import SetupError
 from flask_utd import utd_bp
 from flask_utd.core.config import default_socket_dirs
+from flask_utd.core.config import load_settings
+from flask_utd.core.config import watchdog_threshold
 
 
 def test_defaults_are_set_once_at_setup() -> None:
@@ -21,6 +23,8 @@ def test_defaults_are_set_once_at_setup() -> None:
     assert app.config["UTD_ADMIN_LISTEN"] is None
     assert app.config["UTD_SECRET_KEY"] is None
     assert app.config["UTD_SOCKET_DIR"] is None
+    assert app.config["UTD_WATCHDOG"] == "auto"
+    assert app.config["UTD_WATCHDOG_FORMAT"] == "text"
     settings = app.extensions["utd"].settings
     assert settings.socket_dir == default_socket_dirs()[0]
     assert settings.socket_dir.endswith(("flask-utd", f"flask-utd-{os.geteuid()}"))
@@ -44,6 +48,15 @@ def test_defaults_are_set_once_at_setup() -> None:
         ("UTD_ADMIN_LISTEN", "127.0.0.1:99999"),
         ("UTD_ADMIN_LISTEN", "unix:relative.sock"),
         ("UTD_ADMIN_LISTEN", 9191),
+        ("UTD_WATCHDOG", "12"),
+        ("UTD_WATCHDOG", 0),
+        ("UTD_WATCHDOG", -1.5),
+        ("UTD_WATCHDOG", True),
+        ("UTD_WATCHDOG", False),
+        ("UTD_WATCHDOG", float("inf")),
+        ("UTD_WATCHDOG", float("nan")),
+        ("UTD_WATCHDOG_FORMAT", "yaml"),
+        ("UTD_WATCHDOG_FORMAT", None),
     ],
 )
 def test_bad_values_fail_at_startup_naming_the_key(key: str, value: object) -> None:
@@ -138,6 +151,40 @@ def test_admin_listen_forms(value: object, parsed: object) -> None:
     assert app.extensions["utd"].settings.admin_listen == parsed
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"), [(12, 12.0), (0.25, 0.25), (None, None), ("auto", "auto")]
+)
+def test_watchdog_values(value: object, expected: object) -> None:
+    settings = load_settings({"SECRET_KEY": "s", "UTD_WATCHDOG": value})
+    assert settings.watchdog == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "kill_after", "slow", "expected"),
+    [
+        # "auto": 60 % of harakiri / gunicorn's timeout, so that a look every
+        # half threshold finds the request by 90 % of the kill timer.
+        ("auto", 30, 5.0, 18.0),
+        ("auto", 4, 5.0, 2.4),
+        ("auto", 120, 5.0, 72.0),
+        # No kill timer (none set, or 0: gunicorn's "no timeout"): UTD_SLOW_REQUEST.
+        ("auto", None, 5.0, 5.0),
+        ("auto", 0, 7.0, 7.0),
+        ("auto", None, 0.0, None),
+        # A number is taken as it is, even above the kill timer; None is off.
+        (10.0, 4, 5.0, 10.0),
+        (None, 30, 5.0, None),
+    ],
+)
+def test_watchdog_threshold_rule(
+    setting: object, kill_after: float | None, slow: float, expected: float | None
+) -> None:
+    assert watchdog_threshold(setting, kill_after, slow) == expected  # type: ignore[arg-type]
+    if expected is not None and setting == "auto" and kill_after:
+        # Seen (at the latest 1.5 thresholds in) before the kill.
+        assert 1.5 * expected <= 0.9 * kill_after + 1e-9
+
+
 def test_a_setting_the_config_lacks_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, socket_dir: str
 ) -> None:
@@ -198,3 +245,22 @@ def test_a_bad_value_in_the_environment_is_named_as_such(
     app.config["SECRET_KEY"] = "s"
     with pytest.raises(ConfigError, match=match):
         app.register_blueprint(utd_bp)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("auto", "auto"), (" auto ", "auto"), ("12", 12.0), ("null", None)],
+)
+def test_watchdog_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: object
+) -> None:
+    """As gunicorn's arbiter without --preload reads them: a number or null as
+    JSON, the word auto as written, the format as text."""
+    monkeypatch.setenv("UTD_WATCHDOG", raw)
+    monkeypatch.setenv("UTD_WATCHDOG_FORMAT", "json")
+    settings = load_settings({"SECRET_KEY": "s"})
+    assert settings.watchdog == expected
+    assert settings.watchdog_format == "json"
+    monkeypatch.setenv("UTD_WATCHDOG", "soon")
+    with pytest.raises(ConfigError, match="UTD_WATCHDOG"):
+        load_settings({"SECRET_KEY": "s"})

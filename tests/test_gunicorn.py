@@ -32,15 +32,17 @@ FLASK = str(Path(sys.executable).parent / "flask")
 
 
 def one_socket_per_live_process(socket_dir: str, master: int, count: int) -> bool:
-    """Exactly one socket (and one faulthandler file) per live process, no other
-    file, and ``count`` processes."""
+    """Exactly one socket (and one faulthandler file) per live process, the
+    arbiter's watchdog inbox, no other file, and ``count`` processes."""
     live = {master} | children(master)
     files = files_by_kind(socket_dir, master)
     return (
         len(live) == count
         and files.get(sockets.SOCKET_SUFFIX) == live
         and files.get(faultdump.FH_SUFFIX) == live
-        and set(files) == {sockets.SOCKET_SUFFIX, faultdump.FH_SUFFIX}
+        and files.get(sockets.WATCHDOG_SUFFIX) == {master}
+        and set(files)
+        == {sockets.SOCKET_SUFFIX, faultdump.FH_SUFFIX, sockets.WATCHDOG_SUFFIX}
     )
 
 

@@ -155,12 +155,15 @@ STATS: dict[str, Any] = {
     "elapsed_s": 0.01,
     "processes": [
         {"pid": 100, "role": "master", "worker_id": None, "status": "ok",
-         "error": None, "in_flight": 0, "oldest_s": 0.0, "stuck": 0},
+         "error": None, "in_flight": 0, "oldest_s": 0.0, "stuck": 0,
+         "watchdog_records": 1},
         {"pid": 101, "role": "worker", "worker_id": 1, "status": "ok",
-         "error": None, "in_flight": 2, "oldest_s": 12.5, "stuck": 1},
+         "error": None, "in_flight": 2, "oldest_s": 12.5, "stuck": 1,
+         "watchdog_records": 3},
         # An old worker 1 still exiting beside its replacement: added up.
         {"pid": 103, "role": "worker", "worker_id": 1, "status": "ok",
-         "error": None, "in_flight": 1, "oldest_s": 40.0, "stuck": 1},
+         "error": None, "in_flight": 1, "oldest_s": 40.0, "stuck": 1,
+         "watchdog_records": 2},
         {"pid": 102, "role": "worker", "worker_id": 2, "status": "timeout",
          "error": "process 102 did not answer"},
         {"pid": 104, "role": "worker", "worker_id": 3, "status": "unsafe",
@@ -189,6 +192,12 @@ def test_exposition_is_prometheus_clients_own() -> None:
         (("status", "unsafe"),): 1,
         (("status", "error"),): 0,
     }
+    # The watchdog's records: a counter, only where a watchdog runs.
+    assert by_name(found, "flask_utd_watchdog_records_total") == {
+        (("role", "master"), ("worker_id", "")): 1,
+        (("role", "worker"), ("worker_id", "1")): 5,
+    }
+    assert b"# TYPE flask_utd_watchdog_records_total counter" in body
     assert b"# TYPE flask_utd_oldest_request_age_seconds gauge" in body
     assert b"UTD_SLOW_REQUEST (5 s)" in body
 
@@ -303,6 +312,10 @@ def test_uwsgi_master_serves_metrics_while_every_worker_is_busy(
             "DEMO_UTD_ADMIN_LISTEN": "127.0.0.1:0",
             "DEMO_UTD_SLOW_REQUEST": "1",
             "DEMO_GIL_SECONDS": "30",
+            # The master's watchdog would log the worker holding the GIL
+            # through faulthandler, whose signal ends libc's sleep (in /gil) at
+            # once: the worker would not stay silent for this test.
+            "DEMO_UTD_WATCHDOG": "null",
         },
     )
     match = wait_for(

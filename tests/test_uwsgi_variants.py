@@ -329,13 +329,17 @@ def test_what_the_master_leaves_at_sigterm_goes_at_the_next_start_or_dump(
     servers: Servers, socket_dir: str
 ) -> None:
     """uWSGI's master runs no Python code when it exits (no atexit, no hook):
-    its socket and faulthandler file stay. The next server to start in the same
-    socket directory removes them, and so does a dump."""
+    its socket, faulthandler file and watchdog inbox stay. The next server to
+    start in the same socket directory removes them, and so does a dump."""
     first = start(servers, HOOKS)
     wait_for(lambda: layout(socket_dir, first.pid, count=2))
     first.stop()
     left = sockets.instance_dir(socket_dir, str(first.pid))
-    assert sorted(os.listdir(left)) == [f"{first.pid}.fh", f"{first.pid}.sock"]
+    assert sorted(os.listdir(left)) == [
+        f"{first.pid}.fh",
+        f"{first.pid}.sock",
+        f"{first.pid}.watchdog",
+    ]
 
     second = start(servers, HOOKS)
     wait_for(lambda: layout(socket_dir, second.pid, count=2))

@@ -24,6 +24,7 @@ from ..core.fallback import FH_SUFFIX
 from . import faultdump
 from . import forks
 from . import native
+from . import watchdog
 from .frame_locals import LocalsRequest
 from .rpc import SERVER_CONFIG
 from .server import AgentServer
@@ -66,10 +67,16 @@ def _cleanup() -> None:
     pid = os.getpid()
     for agent in list(_agents.values()):
         if agent.pid == pid:
-            try:
-                os.unlink(agent.path)
-            except OSError:
-                pass
+            directory = os.path.dirname(agent.path)
+            for path in (
+                agent.path,
+                sockets.stalled_note_path(directory, pid),
+                sockets.watchdog_inbox_path(directory, pid),
+            ):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
     faultdump.unregister()
 
 
@@ -94,7 +101,13 @@ def sweep(directory: str) -> None:
             base, ext = os.path.splitext(base.split(".", 1)[0] + sockets.SOCKET_SUFFIX)
         if not base.isdigit() or int(base) == me:
             continue
-        if ext in (sockets.SOCKET_SUFFIX, sockets.UNSAFE_SUFFIX, FH_SUFFIX):
+        if ext in (
+            sockets.SOCKET_SUFFIX,
+            sockets.UNSAFE_SUFFIX,
+            FH_SUFFIX,
+            sockets.STALLED_SUFFIX,
+            sockets.WATCHDOG_SUFFIX,
+        ):
             if not sockets.pid_alive(int(base)):
                 try:
                     os.unlink(os.path.join(directory, name))
@@ -198,7 +211,9 @@ def start_agent(
 
 
 def stop_agents() -> None:
-    """Stop this process's agents and remove their sockets (used by tests)."""
+    """Stop this process's agents and its watchdog, and remove their sockets
+    (used by tests)."""
+    watchdog.stop_watchdog()
     with _lock:
         pid = os.getpid()
         for path, agent in list(_agents.items()):

@@ -22,6 +22,7 @@ from .ghosts import ghost_message
 from .ghosts import ghost_threads
 from .snapshot import process_report
 from .tracking import ages
+from .watchdog import records_written
 
 log = logging.getLogger("flask_utd")
 
@@ -177,15 +178,17 @@ class UTDService(rpyc.Service):  # type: ignore[misc]
             ghosts = ghost_threads()
             if ghosts:
                 unsafe = ghost_message(ghosts)
-        # The watchdog (issue 13) adds its count of records written here, as
-        # "watchdog_records"; ext/prometheus.py turns it into a counter.
-        return json.dumps(
-            {
-                "pid": os.getpid(),
-                "role": agent.role,
-                "worker_id": agent.worker_id,
-                "status": "ok" if unsafe is None else "unsafe",
-                "error": unsafe,
-                "requests": ages(),
-            }
-        )
+        answer: dict[str, Any] = {
+            "pid": os.getpid(),
+            "role": agent.role,
+            "worker_id": agent.worker_id,
+            "status": "ok" if unsafe is None else "unsafe",
+            "error": unsafe,
+            "requests": ages(),
+        }
+        # The stuck requests this process's watchdog logged, where one runs
+        # (ext/prometheus.py: flask_utd_watchdog_records_total).
+        records = records_written()
+        if records is not None:
+            answer["watchdog_records"] = records
+        return json.dumps(answer)

@@ -70,6 +70,10 @@ class SnapshotContext:
     thread_frames: dict[int, FrameType]
     #: The ident of the thread taking the snapshot.
     me: int
+    #: Only the stacks with these idents are wanted (the watchdog's capture of
+    #: the requests it watches): a source may skip the others, and the
+    #: snapshot drops them.
+    only: frozenset[int] | None = None
 
 
 class StackSource(Protocol):

@@ -77,6 +77,8 @@ def thread_stacks(context: SnapshotContext) -> Found:
     main_native = main_native_id()
     own = marks.marked()
     current = context.thread_frames
+    if context.only is not None:
+        current = {i: f for i, f in current.items() if i in context.only}
     kept = _kept(current, set(own))
     found = Found([], 0 if kept is None else len(current) - len(kept))
     for ident, frame in current.items():

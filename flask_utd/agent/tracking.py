@@ -23,11 +23,17 @@ the path; the agent reads the environ and formats at dump time. A middleware, no
 ``before_request`` / ``teardown_request`` functions: each Flask hook costs a few
 microseconds of dispatch and context look-ups, three of them about 12 us a
 request (docs/performance.md).
+
+The watchdog (:mod:`.watchdog`) adds two checks of a module global to it, about
+20 ns each: whether a sleeping watchdog must be woken (:data:`_wake`, set only
+while the watchdog sleeps for want of requests), and whether a request it
+reported has ended (:data:`_watched`, empty unless one is stuck).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -46,11 +52,38 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
 
-#: ``{thread ident: [environ, wall start, monotonic start, keep the query,
-#: what the agent read of it]}``: the last item is ``None`` until a dump formats
-#: the parts that do not change (:func:`request_of`), so that the next dumps of
-#: a long request (a thousand stuck greenlets, ``--samples``) do not again.
-_current: dict[int, list[Any]] = {}
+#: What is kept of a request while it runs: ``[environ, wall start, monotonic
+#: start, keep the query, what the agent read of it]`` (see :data:`_current`).
+Record = list[Any]
+
+#: ``{thread ident: record}``: the record's last item is ``None`` until a dump
+#: formats the parts that do not change (:func:`request_of`), so that the next
+#: dumps of a long request (a thousand stuck greenlets, ``--samples``) do not
+#: again.
+_current: dict[int, Record] = {}
+
+#: Set by the watchdog while it sleeps because no request is in flight: the
+#: first request to enter calls it (the watchdog clears it at once). ``None``
+#: otherwise, so that a request pays a look-up, not a call.
+_wake: Callable[[], None] | None = None
+
+
+class Watched:
+    """A request the watchdog reported stuck: the request path says when it ends."""
+
+    __slots__ = ("ended", "record", "started")
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        #: ``time.monotonic()`` at the request's start.
+        self.started = record[2]
+        #: ``time.monotonic()`` when it ended, once it has.
+        self.ended: float | None = None
+
+
+#: ``{thread ident: Watched}``: empty unless the watchdog reported a request
+#: that is still running.
+_watched: dict[int, Watched] = {}
 
 #: Longest request id kept in a report; the header comes from the client.
 MAX_REQUEST_ID = 200
@@ -95,6 +128,9 @@ class RequestTracker:
         ident = _get_ident()
         outer = _current.get(ident)  # an app called from another tracked app
         _current[ident] = [environ, _time(), _monotonic(), self.capture_query, None]
+        wake = _wake  # read once: the watchdog clears it from its own thread
+        if wake is not None:
+            wake()
         try:
             return self.wsgi_app(environ, start_response)
         finally:
@@ -102,6 +138,20 @@ class RequestTracker:
                 _current.pop(ident, None)
             else:
                 _current[ident] = outer
+            if _watched:
+                _request_ended(ident)
+
+
+def _request_ended(ident: int) -> None:
+    """The request path, at the end of a request, while some request is watched:
+    note the end of this thread's, if the watchdog reported it."""
+    watched = _watched.get(ident)
+    if (
+        watched is not None
+        and watched.ended is None
+        and _current.get(ident) is not watched.record
+    ):
+        watched.ended = _monotonic()
 
 
 def _attribute(obj: Any, name: str) -> Any:
@@ -123,6 +173,27 @@ def _text(environ: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         return ""
     return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+# W3C Trace Context: version-trace_id-parent_id-flags, lower-case hex.
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-|$)"
+)
+
+
+def trace_of(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """``(trace id, span id)`` from the request's W3C ``traceparent`` header, or
+    ``None`` when it has none or an invalid one (which W3C says to ignore)."""
+    header = environ.get("HTTP_TRACEPARENT")
+    if not isinstance(header, str):
+        return None
+    match = _TRACEPARENT.match(header.strip())
+    if match is None or match[1] == "ff":
+        return None
+    trace_id, span_id = match[2], match[3]
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id
 
 
 def request_of(ident: int, now: float | None = None) -> Request | None:
@@ -236,8 +307,11 @@ def ages(now: float | None = None) -> list[float]:
 @forks.renew_in_child
 def after_fork_in_child() -> None:
     """A forked child serves none of its parent's requests (only the forking
-    thread exists there, and it is not serving), and decides its own key: a
-    gunicorn worker patches gevent in after the fork."""
-    global _get_ident
+    thread exists there, and it is not serving), decides its own key (a
+    gunicorn worker patches gevent in after the fork), and its parent's
+    watchdog does not run there."""
+    global _get_ident, _wake
     _current.clear()
+    _watched.clear()
+    _wake = None
     _get_ident = _decide

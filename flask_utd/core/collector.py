@@ -411,6 +411,49 @@ def collect_stats(
     }
 
 
+def collect_samples(
+    socket_dir: str,
+    instance: str,
+    *,
+    samples: int,
+    interval: float,
+    slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    **kwargs: Any,
+) -> Report:
+    """Collect ``samples`` reports of ``instance``, ``interval`` seconds apart
+    (from the start of one to the start of the next, or at once when one took
+    longer), and merge them (:func:`flask_utd.core.samples.merge_samples`): the last
+    report, every thread with ``moved`` and ``same_line_s``, the summary
+    computed anew with the unmoved request threads first.
+
+    Takes about ``(samples - 1) * interval`` plus one collection; each
+    collection keeps its own deadline (``timeout``).
+
+    :param samples: how many reports, 1 or more (1: one collection, and every
+        thread's ``moved`` is ``None``).
+    :param interval: seconds between the starts of two collections.
+    :param kwargs: what :func:`collect` takes besides ``slow_after``.
+    """
+    from .samples import merge_samples
+
+    if samples < 1 or not interval > 0:
+        raise ValueError("samples must be 1 or more and interval above 0")
+    started = time.monotonic()
+    taken: list[tuple[float, Report]] = []
+    for i in range(samples):
+        if i:
+            # A plain sleep: the collector's thread has nothing else to do.
+            time.sleep(max(0.0, started + i * interval - time.monotonic()))
+        when = time.monotonic()
+        taken.append(
+            (when, collect(socket_dir, instance, slow_after=slow_after, **kwargs))
+        )
+    report = merge_samples(taken, interval)
+    report["elapsed_s"] = round(time.monotonic() - started, 4)
+    report["summary"] = summarize(report, slow_after)
+    return report
+
+
 def _children(instance: str) -> set[int]:
     """The live children of the instance's master (none if it is not a pid, or
     gone)."""

@@ -36,13 +36,25 @@ DEFAULTS: dict[str, Any] = {
     "UTD_LOCALS_FRAMES": 3,
     "UTD_LOCALS_REPR": "builtin",
     "UTD_LOCALS_BUDGET": 0.5,
+    # "auto": derived from the server's kill timer (watchdog_threshold).
+    "UTD_WATCHDOG": "auto",
+    "UTD_WATCHDOG_FORMAT": "text",
 }
 
 #: Settings whose value in the environment is taken as it is written; the
 #: others are read as JSON there (``2.5``, ``true``, ``null``).
 TEXT_KEYS = frozenset(
-    {"UTD_SOCKET_DIR", "UTD_SECRET_KEY", "UTD_ADMIN_LISTEN", "UTD_LOCALS_REPR"}
+    {
+        "UTD_SOCKET_DIR",
+        "UTD_SECRET_KEY",
+        "UTD_ADMIN_LISTEN",
+        "UTD_LOCALS_REPR",
+        "UTD_WATCHDOG_FORMAT",
+    }
 )
+#: Settings whose value may also be this word, taken as written from the
+#: environment (``UTD_WATCHDOG=auto``); any other value is read as JSON.
+WORD_VALUES = {"UTD_WATCHDOG": "auto"}
 
 #: The ways locals may be shown (``UTD_LOCALS_REPR``): ``"builtin"`` calls no
 #: object's own ``__repr__``; ``"all"`` does, in a helper thread, within the budget.
@@ -51,6 +63,14 @@ LOCALS_REPRS = ("builtin", "all")
 MAX_LOCALS_FRAMES = 20
 #: The longest deadline per process, in seconds (``UTD_TIMEOUT``, ``--timeout``).
 MAX_TIMEOUT = 60
+#: The forms of the watchdog's log records (``UTD_WATCHDOG_FORMAT``): one
+#: readable block, or one JSON object per line.
+WATCHDOG_FORMATS = ("text", "json")
+#: The share of the server's kill timer (uWSGI's ``harakiri``, gunicorn's
+#: ``timeout``) that ``UTD_WATCHDOG = "auto"`` waits: the watchdog looks every
+#: half threshold, so it sees a stuck request by 1.5 x 0.6 = 90 % of the kill
+#: timer, before the kill.
+WATCHDOG_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,11 @@ class Settings:
     #: Where the uWSGI master serves ``/_utd/``: ``(host, port)`` or a Unix
     #: socket path; ``None`` for no admin listener.
     admin_listen: tuple[str, int] | str | None
+    #: ``UTD_WATCHDOG``: seconds, ``"auto"`` (resolved where the agent starts,
+    #: see :func:`watchdog_threshold`) or ``None`` for no watchdog.
+    watchdog: float | str | None
+    #: ``"text"`` or ``"json"``: see :data:`WATCHDOG_FORMATS`.
+    watchdog_format: str
 
 
 def default_socket_dirs() -> list[str]:
@@ -130,8 +155,8 @@ def from_environment(
         raw = environ.get(key)
         if key in config or not raw:
             continue
-        if key in TEXT_KEYS:
-            found[key] = raw
+        if key in TEXT_KEYS or WORD_VALUES.get(key) == raw.strip():
+            found[key] = raw.strip() if key in WORD_VALUES else raw
             continue
         try:
             found[key] = json.loads(raw)
@@ -235,6 +260,26 @@ def _resolve(config: dict[str, Any], need_secret: bool) -> Settings:
             f" UTD_TIMEOUT ({timeout!r}), not {budget!r}; e.g. 0.5."
         )
 
+    watchdog = config["UTD_WATCHDOG"]
+    if watchdog is not None and watchdog != "auto":
+        if (
+            isinstance(watchdog, bool)
+            or not isinstance(watchdog, (int, float))
+            or not 0 < watchdog < float("inf")
+        ):
+            raise ConfigError(
+                f'UTD_WATCHDOG must be a number of seconds above 0, "auto" (derived'
+                f" from the server's harakiri or timeout) or None (no watchdog), not"
+                f" {watchdog!r}."
+            )
+        watchdog = float(watchdog)
+    watchdog_format = config["UTD_WATCHDOG_FORMAT"]
+    if watchdog_format not in WATCHDOG_FORMATS:
+        raise ConfigError(
+            "UTD_WATCHDOG_FORMAT must be 'text' (one readable block per record) or"
+            f" 'json' (one JSON object per line), not {watchdog_format!r}."
+        )
+
     offset = config["UTD_FAULTHANDLER_SIGNAL_OFFSET"]
     fault_signal = None
     if offset is not None and offset is not False:
@@ -265,7 +310,29 @@ def _resolve(config: dict[str, Any], need_secret: bool) -> Settings:
         url_max_age=_url_max_age(config["UTD_URL_MAX_AGE"]),
         admin_listen=parse_listen(config["UTD_ADMIN_LISTEN"]),
         fault_signal=fault_signal,
+        watchdog=watchdog,
+        watchdog_format=watchdog_format,
     )
+
+
+def watchdog_threshold(
+    setting: float | str | None, kill_after: float | None, slow_request: float
+) -> float | None:
+    """The watchdog's threshold in seconds, or ``None`` for no watchdog.
+
+    A number is taken as it is. ``"auto"`` is :data:`WATCHDOG_SHARE` (60 %) of
+    the server's kill timer where one is set (uWSGI's ``harakiri``, gunicorn's
+    ``timeout``), else ``UTD_SLOW_REQUEST`` (no watchdog if that is 0).
+
+    :param setting: ``UTD_WATCHDOG``.
+    :param kill_after: the server's kill timer in seconds; ``None`` or 0 for none.
+    :param slow_request: ``UTD_SLOW_REQUEST``.
+    """
+    if setting != "auto":
+        return None if setting is None else float(setting)
+    if kill_after:
+        return round(kill_after * WATCHDOG_SHARE, 3)
+    return slow_request or None
 
 
 def _secret_key(config: dict[str, Any], needed: bool) -> str | bytes:

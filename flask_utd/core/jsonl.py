@@ -34,7 +34,9 @@ from typing import Any
 from .config import DEFAULTS
 
 
-def _stacktrace(frames: Sequence[Mapping[str, Any]]) -> str:
+def stacktrace(frames: Sequence[Mapping[str, Any]]) -> str:
+    """A stack as Python prints a traceback, innermost frame last
+    (OpenTelemetry's ``code.stacktrace``); also the watchdog's."""
     lines = ["Stack (most recent call last):"]
     for frame in frames:
         lines.append(
@@ -99,7 +101,7 @@ def thread_record(
         record["code.function"] = inner.get("function")
         record["code.filepath"] = inner.get("file")
         record["code.lineno"] = inner.get("line")
-        record["code.stacktrace"] = _stacktrace(frames)
+        record["code.stacktrace"] = stacktrace(frames)
         where = (
             f" at {inner.get('file')}:{inner.get('line')} in {inner.get('function')}"
         )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from . import formats
 from .collector import all_answered
 from .collector import collect
+from .collector import collect_samples
 from .collector import find_instance
 from .config import DEFAULTS
 from .config import MAX_TIMEOUT
@@ -27,6 +28,9 @@ from .errors import EXIT_USAGE
 from .errors import InstanceNotFound
 from .errors import SocketDirError
 from .report import Report
+from .samples import DEFAULT_INTERVAL
+from .samples import MAX_INTERVAL
+from .samples import MAX_SAMPLES
 
 
 def _seconds(value: str) -> float:
@@ -50,6 +54,24 @@ def _slow_after(value: str) -> float:
     if not seconds >= 0:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a number of seconds (0 or more)"
+        )
+    return seconds
+
+
+def _samples(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number from 1 to {MAX_SAMPLES}"
+        )
+    return int(value)
+
+
+def _interval(value: str) -> float:
+    seconds = _seconds(value)
+    if not 0 < seconds <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds more than 0 and at most"
+            f" {MAX_INTERVAL:g}"
         )
     return seconds
 
@@ -121,6 +143,22 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         help="mark requests older than this many seconds as stuck"
         " (default: %(default)g)",
     )
+    dump.add_argument(
+        "--samples",
+        metavar="N",
+        type=_samples,
+        default=1,
+        help="take N dumps and say of every thread whether it moved between them"
+        f" (default: %(default)s, at most {MAX_SAMPLES})",
+    )
+    dump.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_interval,
+        default=DEFAULT_INTERVAL,
+        help="seconds between samples (default: %(default)g, at most"
+        f" {MAX_INTERVAL:g})",
+    )
     merge = commands.add_parser(
         "merge",
         help="merge the reports of several hosts or server instances into one",
@@ -160,23 +198,40 @@ def collect_one(
     timeout: float = DEFAULTS["UTD_TIMEOUT"],
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
+    samples: int = 1,
+    interval: float = DEFAULT_INTERVAL,
 ) -> Report:
     """The report of the one running instance (or of process ``pid`` in it).
 
     Shared by this command and ``flask utd dump``.
 
+    :param samples: with more than 1, that many collections ``interval``
+        seconds apart, merged (:func:`~flask_utd.core.collector.collect_samples`).
     :raises InstanceNotFound: no instance, several, or no process ``pid``.
     :raises SocketDirError: this user may not read the socket directory.
     """
     socket_dir, found = find_instance(socket_dirs, instance)
-    report = collect(
-        socket_dir,
-        found,
-        timeout=timeout,
-        pid=pid,
-        options={"locals": True} if show_locals else None,
-        slow_after=slow_after,
-    )
+    options = {"locals": True} if show_locals else None
+    if samples > 1:
+        report = collect_samples(
+            socket_dir,
+            found,
+            samples=samples,
+            interval=interval,
+            timeout=timeout,
+            pid=pid,
+            options=options,
+            slow_after=slow_after,
+        )
+    else:
+        report = collect(
+            socket_dir,
+            found,
+            timeout=timeout,
+            pid=pid,
+            options=options,
+            slow_after=slow_after,
+        )
     if pid is not None and not report["processes"]:
         raise InstanceNotFound(f"no process {pid} in server instance {found}.")
     return report
@@ -197,6 +252,8 @@ def dump(
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     all_threads: bool = False,
+    samples: int = 1,
+    interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
@@ -214,6 +271,8 @@ def dump(
             timeout=timeout,
             show_locals=show_locals,
             slow_after=slow_after,
+            samples=samples,
+            interval=interval,
         )
     except (InstanceNotFound, SocketDirError) as err:
         print(f"Error: {err}", file=sys.stderr)
@@ -279,5 +338,7 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> Non
             show_locals=options.show_locals,
             slow_after=options.slow_after,
             all_threads=options.all_threads,
+            samples=options.samples,
+            interval=options.interval,
         )
     )

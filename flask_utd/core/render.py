@@ -166,13 +166,21 @@ def headline(report: Report, summary: dict[str, Any]) -> list[str]:
     slow = summary.get("slow_after")
     threshold = f"{slow:g} s" if isinstance(slow, (int, float)) else "the threshold"
     stuck = sum(1 for r in requests if r["stuck"])
-    oldest = requests[0].get("elapsed_s") if requests else None
+    oldest = max(
+        (r["elapsed_s"] for r in requests if r.get("elapsed_s") is not None),
+        default=None,
+    )
+    order = (
+        "those that did not move between samples first, then oldest first"
+        if any(r.get("moved") is False for r in requests)
+        else "oldest first"
+    )
     if not requests:
         lines = ["No request in progress."]
     elif stuck:
         lines = [
             f"{_plural(len(requests), 'request')} in progress, {stuck} stuck (older"
-            f" than {threshold}), oldest first:"
+            f" than {threshold}), {order}:"
         ]
     elif len(requests) == 1:
         age = f" for {_seconds(oldest)}" if oldest is not None else ""
@@ -193,6 +201,21 @@ def headline(report: Report, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _moved_text(moved: bool | None, same_line_s: float | None) -> str | None:
+    """What the samples say of a thread: ``None`` without samples."""
+    if moved is None:
+        return None
+    if moved:
+        return "moved between samples"
+    return f"did not move between samples, on the same line for {_seconds(same_line_s)}"
+
+
+def _unmoved_request_first(thread: Mapping[str, Any]) -> bool:
+    """Sort key: a thread serving a request that did not move across samples
+    first (``False`` sorts first); without samples, every thread alike."""
+    return not (thread.get("request") and thread.get("moved") is False)
+
+
 def _request_item_lines(item: dict[str, Any]) -> list[str]:
     where = _where(item)
     mark = "stuck" if item["stuck"] else ""
@@ -208,6 +231,9 @@ def _request_item_lines(item: dict[str, Any]) -> list[str]:
     ]
     if item.get("request_id"):
         lines.append(f"                  request id {item['request_id']}")
+    moved = _moved_text(item.get("moved"), item.get("same_line_s"))
+    if moved:
+        lines.append(f"                  {moved}")
     lines.append(f"                  at {_frame_line(item.get('app_frame'))}")
     return lines
 
@@ -367,6 +393,12 @@ def render_text(report: Report, *, all_threads: bool = False) -> str:
             f" {report['host']} at {report['generated_at']}"
         ]
     lines.append(f"{len(processes)} process(es), {answered} answered")
+    samples = report.get("samples")
+    if samples:
+        lines.append(
+            f"{_plural(samples['count'], 'sample')} {samples['interval_s']:g} s apart;"
+            " the last one is shown, each thread says whether it moved"
+        )
     unlisted = report.get("unlisted")
     if unlisted:
         pids = ", ".join(f"{u['pid']}{_origin(u)}" for u in unlisted)
@@ -395,8 +427,10 @@ def render_text(report: Report, *, all_threads: bool = False) -> str:
                 lines.append(f"    Locals incomplete: {note}")
         names = {t["ident"]: t["name"] for t in process["threads"]}
         hosted = running_greenlets(process["threads"])
-        # Greenlets under their OS thread, indented, the stuck ones first.
-        for thread, depth in nested(process["threads"], slow_after):
+        # Greenlets under their OS thread, indented, the stuck ones first;
+        # request threads that did not move across samples before the others.
+        threads = sorted(process["threads"], key=_unmoved_request_first)
+        for thread, depth in nested(threads, slow_after):
             lines.append("")
             if not all_threads and is_own(thread):
                 lines.append("    " * depth + f"{_thread_title(thread)}: {_FOLDED}")
@@ -419,6 +453,9 @@ def _entry_lines(
     state = _state_line(thread, names)
     if state:
         lines.append(state)
+    moved = _moved_text(thread.get("moved"), thread.get("same_line_s"))
+    if moved:
+        lines.append(f"Samples: {moved}")
     if is_greenlet(thread):
         lines.extend(_greenlet_lines(thread, names))
     elif running is not None:
@@ -470,6 +507,7 @@ OWN_STATES = {
     "agent": "flask-utd agent",
     "admin": "flask-utd admin listener",
     "collector": "collecting this dump",
+    "watchdog": "flask-utd watchdog",
 }
 
 
@@ -503,8 +541,9 @@ def _thread_state(thread: Mapping[str, Any]) -> str:
 def requests_in_progress(
     report: Report, summary: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Every request being served, read from the threads themselves, oldest
-    first; ``stuck`` marks those the summary lists as stuck
+    """Every request being served, read from the threads themselves: those
+    that did not move across samples first, then the oldest; ``stuck`` marks
+    those the summary lists as stuck
     (``stuck_requests``, older than its ``slow_after``). flask-utd's own
     threads are left out. A thread with a Flask dispatch in its stack but no
     recorded request (an older report) is listed without method and path.
@@ -536,13 +575,21 @@ def requests_in_progress(
                     "elapsed_s": request.get("elapsed_s"),
                     "wait": thread.get("wait"),
                     "call": thread.get("call"),
+                    "moved": thread.get("moved"),
+                    "same_line_s": thread.get("same_line_s"),
                     "stuck": listed is not None,
                     "app_frame": (listed or {}).get("app_frame")
                     or app_frame(frames)
                     or (dict(frames[-1]) if frames else None),
                 }
             )
-    found.sort(key=lambda r: (r["elapsed_s"] is None, -(r["elapsed_s"] or 0)))
+    found.sort(
+        key=lambda r: (
+            r["moved"] is not False,
+            r["elapsed_s"] is None,
+            -(r["elapsed_s"] or 0),
+        )
+    )
     return found
 
 
@@ -606,9 +653,12 @@ def page_context(report: Report) -> dict[str, Any]:
                     "notes": _greenlet_lines(thread, names),
                 }
             )
-        # Request threads first, then the others; the agents and the threads
-        # making this dump last; greenlets under their OS thread, stuck first.
-        threads.sort(key=lambda t: (t["noise"], not t["serving"]))
+        # Request threads first (those that did not move across samples before
+        # the others), then the others; the agents and the threads making this
+        # dump last; greenlets under their OS thread, stuck first.
+        threads.sort(
+            key=lambda t: (t["noise"], not t["serving"], _unmoved_request_first(t))
+        )
         ordered = [
             dict(t, depth=depth)
             for t, depth in nested(threads, slow_after)  # type: ignore[arg-type]
@@ -635,4 +685,5 @@ def page_context(report: Report) -> dict[str, Any]:
         "headline": headline(report, summary),
         "requests": requests_in_progress(report, summary),
         "processes": shown,
+        "samples": report.get("samples"),
     }

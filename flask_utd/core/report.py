@@ -24,8 +24,9 @@ Role = Literal["master", "worker", "process", "mule", "spooler"]
 #: What an entry of ``threads`` is: an OS thread, or a greenlet run by one.
 Kind = Literal["thread", "greenlet"]
 #: What flask-utd's own threads do (``"own"``): answer dumps, serve the admin
-#: listener, or collect a dump (the thread of ``GET /_utd/dump``, the CLI).
-Own = Literal["agent", "admin", "collector"]
+#: listener, collect a dump (the thread of ``GET /_utd/dump``, the CLI), or
+#: watch for stuck requests.
+Own = Literal["agent", "admin", "collector", "watchdog"]
 
 #: Every status, in the order a reader cares about them.
 STATUSES: tuple[Status, ...] = ("ok", "timeout", "refused", "stale", "unsafe", "error")
@@ -99,8 +100,13 @@ class Thread(_ThreadRequired, total=False):
     #: unless the line named the wait already.
     call: str | None
     frames_truncated: int
-    #: With samples (``--samples``): whether the stack moved between them.
+    #: With samples (``--samples``): whether the stack moved between them;
+    #: ``None`` for a thread seen in one sample only.
     moved: bool | None
+    #: With samples: for how many seconds the samples found the thread on the
+    #: same innermost line, up to the last one (a lower bound); ``None`` for a
+    #: thread seen in one sample only.
+    same_line_s: float | None
     #: ``"faulthandler"`` for a thread read by the fallback.
     source: str
     #: A greenlet that runs on its OS thread at the moment of the dump: its
@@ -159,6 +165,8 @@ class Report(_ReportRequired, total=False):
     summary: dict[str, Any]
     #: In a merged report: host, instance and time of each report merged.
     merged_from: list[dict[str, Any]]
+    #: With samples (``--samples``): ``{"count": N, "interval_s": S}``.
+    samples: dict[str, Any]
 
 
 def process_entry(

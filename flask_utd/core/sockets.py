@@ -24,6 +24,12 @@ from .errors import SocketDirError
 
 SOCKET_SUFFIX = ".sock"
 UNSAFE_SUFFIX = ".unsafe"
+#: The note the master's watchdog leaves when it has reported a worker through
+#: faulthandler (:mod:`flask_utd.agent.watchdog`).
+STALLED_SUFFIX = ".stalled"
+#: The master's watchdog's inbox: a datagram socket its workers' requests send
+#: a notice to when they wake their own watchdog.
+WATCHDOG_SUFFIX = ".watchdog"
 _PEERCRED = struct.Struct("3i")
 
 
@@ -181,6 +187,17 @@ def instance_dir(socket_dir: str, instance: str) -> str:
 def socket_path(socket_dir: str, instance: str, pid: int) -> str:
     """The socket of process ``pid`` of ``instance``."""
     return os.path.join(socket_dir, instance, f"{pid}{SOCKET_SUFFIX}")
+
+
+def watchdog_inbox_path(directory: str, pid: int) -> str:
+    """The inbox of the master ``pid``'s watchdog, in an instance directory."""
+    return os.path.join(directory, f"{pid}{WATCHDOG_SUFFIX}")
+
+
+def stalled_note_path(directory: str, pid: int) -> str:
+    """The master's note that it reported worker ``pid`` through faulthandler,
+    in an instance directory."""
+    return os.path.join(directory, f"{pid}{STALLED_SUFFIX}")
 
 
 def unsafe_note_path(socket_dir: str, instance: str, pid: int) -> str:

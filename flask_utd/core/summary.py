@@ -91,8 +91,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
     :param slow_after: requests older than this many seconds are stuck
         (``UTD_SLOW_REQUEST``).
     :returns: ``processes``, ``answered``, ``blocked_hubs`` (longest first),
-        ``threads_by_state``, ``stuck_requests`` (oldest first) and
-        ``stack_groups`` (largest first).
+        ``threads_by_state``, ``stuck_requests`` (those that did not move across
+        samples first, then the oldest) and ``stack_groups`` (largest first).
     """
     processes = report.get("processes") or []
     merged = any("host" in p for p in processes)
@@ -131,6 +131,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                         "elapsed_s": request.get("elapsed_s"),
                         "wait": thread.get("wait"),
                         "call": thread.get("call"),
+                        "moved": thread.get("moved"),
+                        "same_line_s": thread.get("same_line_s"),
                         "app_frame": app_frame(frames),
                     }
                 )
@@ -158,7 +160,8 @@ def summarize(report: Report, slow_after: float) -> dict[str, Any]:
                     "kind": thread.get("kind", "thread"),
                 }
             )
-    stuck.sort(key=lambda s: -(s["elapsed_s"] or 0))
+    # A request whose thread did not move across samples is the likeliest stuck.
+    stuck.sort(key=lambda s: (s["moved"] is not False, -(s["elapsed_s"] or 0)))
     blocked.sort(key=lambda b: -(b["for_s"] or 0))
     stack_groups = sorted(groups.values(), key=lambda g: -g["count"])
     for group in stack_groups:

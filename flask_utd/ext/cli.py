@@ -32,6 +32,9 @@ from ..core.errors import EXIT_PARTIAL as EXIT_PARTIAL  # kept importable from h
 from ..core.errors import EXIT_USAGE
 from ..core.errors import InstanceNotFound
 from ..core.errors import SocketDirError
+from ..core.samples import DEFAULT_INTERVAL
+from ..core.samples import MAX_INTERVAL
+from ..core.samples import MAX_SAMPLES
 
 if TYPE_CHECKING:
     from flask import Blueprint
@@ -54,6 +57,8 @@ def run_dump(
     show_locals: bool = False,
     slow_after: float = DEFAULTS["UTD_SLOW_REQUEST"],
     all_threads: bool = False,
+    samples: int = 1,
+    interval: float = DEFAULT_INTERVAL,
 ) -> int:
     """Collect the report of the one running instance, print it, return the exit code.
 
@@ -62,6 +67,8 @@ def run_dump(
         process's app must allow them with ``UTD_LOCALS = True``).
     :param slow_after: requests older than this are marked as stuck.
     :param all_threads: show flask-utd's own threads in full.
+    :param samples: take that many dumps ``interval`` seconds apart, and say of
+        every thread whether it moved between them.
     :returns: 0 when every process answered, 3 when some did not.
     :raises UsageError: no instance (or several) found, no process ``pid``, or
         a socket directory this user may not read.
@@ -76,6 +83,8 @@ def run_dump(
             timeout=timeout,
             show_locals=show_locals,
             slow_after=slow_after,
+            samples=samples,
+            interval=interval,
         )
     except (InstanceNotFound, SocketDirError) as err:
         raise UsageError(str(err)) from err
@@ -183,6 +192,20 @@ _dump_options = [
         type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
         help="Each process's deadline in seconds (default: UTD_TIMEOUT).",
     ),
+    click.option(
+        "--samples",
+        type=click.IntRange(min=1, max=MAX_SAMPLES),
+        default=1,
+        show_default=True,
+        help="Take N dumps and say of every thread whether it moved between them.",
+    ),
+    click.option(
+        "--interval",
+        type=click.FloatRange(min=0, min_open=True, max=MAX_INTERVAL),
+        default=DEFAULT_INTERVAL,
+        show_default=True,
+        help="Seconds between samples.",
+    ),
 ]
 
 
@@ -208,6 +231,8 @@ def register(bp: Blueprint) -> None:
         show_locals: bool,
         slow_after: float | None,
         all_threads: bool,
+        samples: int,
+        interval: float,
     ) -> None:
         """Print a thread dump of every process of the running server."""
         if as_json and format is not None:
@@ -231,6 +256,8 @@ def register(bp: Blueprint) -> None:
                     settings.slow_request if slow_after is None else slow_after
                 ),
                 all_threads=all_threads,
+                samples=samples,
+                interval=interval,
             ),
             testing=current_app.testing,
         )

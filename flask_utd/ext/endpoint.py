@@ -123,6 +123,31 @@ def _choose_format() -> Format | None:
     return by_type[best] if best is not None else next(iter(by_type.values()))
 
 
+def _sampling() -> tuple[int, float] | str:
+    """``?samples=N&interval=S``, bounded so that a URL holds the worker that
+    serves it for a few seconds at most; or why they are refused."""
+    from ..core.samples import DEFAULT_INTERVAL
+    from ..core.samples import URL_MAX_INTERVAL
+    from ..core.samples import URL_MAX_SAMPLES
+
+    samples = request.args.get("samples", "1")
+    if not samples.isdigit() or not 1 <= int(samples) <= URL_MAX_SAMPLES:
+        return (
+            f"samples must be a whole number from 1 to {URL_MAX_SAMPLES} (use `flask"
+            " utd dump --samples N` for more)"
+        )
+    try:
+        interval = float(request.args.get("interval", DEFAULT_INTERVAL))
+    except ValueError:
+        interval = math.nan
+    if not 0 < interval <= URL_MAX_INTERVAL:
+        return (
+            "interval must be a number of seconds above 0 and at most"
+            f" {URL_MAX_INTERVAL:g}"
+        )
+    return int(samples), interval
+
+
 def token_problem(settings: Settings) -> str | None:
     """Why this request's token does not authorize it, or ``None`` when it does.
 
@@ -155,7 +180,9 @@ def dump() -> Response:
     logs; 403 when it is missing, malformed, tampered with or expired, and then
     nothing is collected: a small HTML page that says so and how to get a new
     link for a browser (which asks for the HTML format), a JSON error for
-    everyone else.
+    everyone else. ``?samples=N&interval=S`` (at most 5 samples, 2 s apart)
+    takes N dumps and says of every thread whether it moved between them; 400
+    beyond those bounds.
     """
     from ..core import collector
     from ..core.formats import FORMATS
@@ -170,6 +197,10 @@ def dump() -> Response:
     fmt = _choose_format()
     if fmt is None:
         return error_response(400, f"format must be one of {', '.join(FORMATS)}")
+    sampling = _sampling()
+    if isinstance(sampling, str):
+        return error_response(400, sampling)
+    samples, interval = sampling
     lock = _collecting
     if not lock.acquire(timeout=COLLECT_WAIT):
         retry = math.ceil(settings.timeout + collector.MARGIN)
@@ -181,14 +212,25 @@ def dump() -> Response:
         )
     try:
         place = current_place()
-        report = collector.collect(
-            settings.socket_dir,
-            place.instance,
-            timeout=settings.timeout,
-            roster=roster(),
-            slow_after=settings.slow_request,
-            # Never locals: a leaked URL must not show the values in frames.
-        )
+        # Never locals: a leaked URL must not show the values in frames.
+        if samples > 1:
+            report = collector.collect_samples(
+                settings.socket_dir,
+                place.instance,
+                samples=samples,
+                interval=interval,
+                timeout=settings.timeout,
+                roster=roster(),
+                slow_after=settings.slow_request,
+            )
+        else:
+            report = collector.collect(
+                settings.socket_dir,
+                place.instance,
+                timeout=settings.timeout,
+                roster=roster(),
+                slow_after=settings.slow_request,
+            )
     finally:
         lock.release()
     return _represent(report, fmt)

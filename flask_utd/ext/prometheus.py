@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -107,9 +108,20 @@ class StatsCollector(Collector):
         for status, count in counts.items():
             by_status.add_metric([status], count)
         yield by_status
-        # The watchdog (issue 13) adds flask_utd_watchdog_records_total here: a
-        # CounterMetricFamily labelled like the gauges above, from each agent's
-        # "watchdog_records" (agent/service.py, exposed_stats).
+        records = CounterMetricFamily(
+            "flask_utd_watchdog_records",
+            "Stuck requests the process's watchdog logged since it started"
+            " (a master counts the workers it logged through faulthandler).",
+            labels=per_process,
+        )
+        logged: dict[tuple[str, str], int] = {}
+        for process in processes:
+            if "watchdog_records" in process:
+                key = _labels(process)
+                logged[key] = logged.get(key, 0) + process["watchdog_records"]
+        for key, count in sorted(logged.items()):
+            records.add_metric(list(key), count)
+        yield records
 
 
 def exposition(stats: dict[str, Any], accept: str | None = None) -> tuple[bytes, str]:

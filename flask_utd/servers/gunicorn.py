@@ -76,6 +76,8 @@ def _remove_files(server: Any, pid: int) -> None:
             sockets.socket_path(settings.socket_dir, str(server.pid), pid),
             sockets.unsafe_note_path(settings.socket_dir, str(server.pid), pid),
             fallback.fh_path(directory, pid),
+            sockets.stalled_note_path(directory, pid),
+            sockets.watchdog_inbox_path(directory, pid),
         ):
             try:
                 os.unlink(path)
@@ -89,7 +91,7 @@ def when_ready(server: Any, admin_app: Callable[[Settings], Flask]) -> None:
     """gunicorn hook, in the arbiter once it listens: start the arbiter's agent,
     and the admin listener, serving ``admin_app(settings)``."""
     here = Place("master", None, str(server.pid))
-    set_place(here, arbiter=server)
+    set_place(here, arbiter=server, kill_after=server.cfg.timeout)
     for settings in _settings():
         start_for_place(settings, here)
         if settings.admin_listen is not None:
@@ -107,13 +109,15 @@ def post_fork(server: Any, worker: Any) -> None:
     """gunicorn hook, in the worker right after the fork."""
     worker_id = getattr(worker, "utd_worker_id", None) or worker.age
     here = Place("worker", worker_id, str(server.pid))
-    set_place(here)
+    set_place(here, kill_after=server.cfg.timeout, served=lambda: worker.nr)
     # Started now, not when the worker has loaded the app: a dump taken while a
     # new worker imports the app (a respawn without --preload) shows it doing so
     # instead of leaving it out. An app whose UTD_SOCKET_DIR differs from the
-    # hooks' gets a second agent there when it is loaded.
+    # hooks' gets a second agent there when it is loaded. The watchdog waits for
+    # the app's own settings when the arbiter has none (no --preload).
+    preloaded = bool(loaded_settings())
     for settings in _settings():
-        start_for_place(settings, here)
+        start_for_place(settings, here, watchdog=preloaded)
 
 
 def child_exit(server: Any, worker: Any) -> None:

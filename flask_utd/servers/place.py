@@ -6,10 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 
+from . import uwsgi as uwsgi_server
 from .uwsgi import uwsgi_module
+
+if TYPE_CHECKING:
+    from ..agent.watchdog import Accounting
+    from ..agent.watchdog import Served
 
 
 @dataclass(frozen=True)
@@ -29,18 +37,78 @@ class Place:
 _given_place: tuple[int, Place] | None = None
 # The gunicorn arbiter, in the arbiter only (for its roster of workers).
 _arbiter: tuple[int, Any] | None = None
+# Set by the gunicorn hooks: (pid, gunicorn's timeout, the worker's count of
+# requests served).
+_server_says: tuple[int, float | None, Callable[[], int] | None] | None = None
 
 
-def set_place(place: Place, arbiter: Any = None) -> None:
+def set_place(
+    place: Place,
+    arbiter: Any = None,
+    kill_after: float | None = None,
+    served: Callable[[], int] | None = None,
+) -> None:
     """Say where this process sits (the gunicorn hooks do); it holds for this
     process only, not for the children it forks.
 
     :param arbiter: the gunicorn ``Arbiter``, in the arbiter.
+    :param kill_after: the server's kill timer (gunicorn's ``timeout``).
+    :param served: in a worker, the server's count of the requests it served.
     """
-    global _given_place, _arbiter
+    global _given_place, _arbiter, _server_says
     _given_place = (os.getpid(), place)
+    _server_says = (os.getpid(), kill_after, served)
     if arbiter is not None:
         _arbiter = (os.getpid(), arbiter)
+
+
+def kill_timer() -> float | None:
+    """The server's kill timer of a busy worker in seconds: gunicorn's
+    ``timeout``, uWSGI's ``harakiri``; ``None`` where there is none."""
+    if _server_says is not None and _server_says[0] == os.getpid():
+        return _server_says[1] or None
+    return uwsgi_server.harakiri()
+
+
+def served_counter() -> Served | None:
+    """The server's count of the requests this worker has served (gunicorn's
+    ``worker.nr``, uWSGI's per-worker ``requests``), or ``None`` where there
+    is none."""
+    if _server_says is not None and _server_says[0] == os.getpid():
+        return _server_says[2]
+    if uwsgi_module() is not None and current_place().role == "worker":
+        return uwsgi_server.served_by_this_worker
+    return None
+
+
+def accounting() -> Accounting | None:
+    """In a master, the server's own accounting of its workers for the
+    watchdog (gunicorn's heartbeat files, ``uwsgi.workers()``); else ``None``."""
+    if _arbiter is not None and _arbiter[0] == os.getpid():
+        arbiter = _arbiter[1]
+        return lambda: _gunicorn_busy(arbiter)
+    if uwsgi_module() is not None and current_place().role == "master":
+        return uwsgi_server.BusyWorkers()
+    return None
+
+
+def _gunicorn_busy(arbiter: Any) -> dict[int, Any]:
+    """gunicorn's accounting: a worker's heartbeat (the mtime of its tmp file,
+    which it touches in its main loop) stops while it serves a request (sync)
+    or while its main thread cannot run (gthread: a thread holds the GIL)."""
+    from ..agent.watchdog import WorkerBusy
+
+    found = {}
+    for pid, worker in list(arbiter.WORKERS.items()):
+        try:
+            since: float | None = worker.tmp.last_update()
+        except (AttributeError, OSError, ValueError):
+            since = None
+        if since is not None and since > 1e9:
+            # gunicorn before 21 wrote wall-clock times there.
+            since += time.monotonic() - time.time()
+        found[pid] = WorkerBusy(getattr(worker, "utd_worker_id", None), since)
+    return found
 
 
 def given_place() -> Place | None:

@@ -24,12 +24,16 @@ from ..agent.ghosts import ghost_message
 from ..agent.ghosts import ghost_threads
 from ..core.config import Settings
 from ..core.config import parse_listen
+from ..core.config import watchdog_threshold
 from ..core.errors import ConfigError
 from . import uwsgi as uwsgi_server
 from .place import Place
+from .place import accounting
 from .place import current_place
 from .place import given_place
 from .place import gunicorn_worker_without_hooks
+from .place import kill_timer
+from .place import served_counter
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -82,9 +86,18 @@ def locals_policy(settings: Settings) -> LocalsRequest | None:
 
 
 def start_for_place(
-    settings: Settings, place: Place, unsafe: str | None = None
+    settings: Settings,
+    place: Place,
+    unsafe: str | None = None,
+    *,
+    watchdog: bool = True,
 ) -> None:
-    """Start the agent of this process."""
+    """Start the agent of this process, or leave a note saying why it cannot run;
+    and its watchdog, where the agent may read stacks.
+
+    :param watchdog: start the watchdog too (``False`` where ``settings`` come
+        from the environment and the app, loaded later, has its own).
+    """
     try:
         # Imported here, not at the top: the agent needs RPyC (about 90 ms to
         # import), and a process that never starts one, such as ``flask utd
@@ -100,9 +113,34 @@ def start_for_place(
             fault_signal=settings.fault_signal,
             locals_policy=locals_policy(settings),
         )
+        if watchdog and unsafe is None:
+            start_watchdog(settings, place)
     except Exception:
         # Never take the server down: a server without thread dumps still serves.
         log.exception("flask-utd: the agent of pid %d could not start", os.getpid())
+
+
+def start_watchdog(settings: Settings, place: Place) -> None:
+    """Start the watchdog of this process: its threshold is ``UTD_WATCHDOG``,
+    or derived from the server's kill timer; in a master it also watches the
+    workers through the server's accounting."""
+    if settings.watchdog is None:
+        return
+    from ..agent import watchdog
+
+    watchdog.start_watchdog(
+        threshold=watchdog_threshold(
+            settings.watchdog, kill_timer(), settings.slow_request
+        ),
+        fmt=settings.watchdog_format,
+        role=place.role,
+        worker_id=place.worker_id,
+        socket_dir=settings.socket_dir,
+        instance=place.instance,
+        accounting=accounting() if place.role == "master" else None,
+        served=served_counter(),
+        probe_timeout=min(watchdog.PROBE_TIMEOUT, settings.timeout),
+    )
 
 
 def _start_in_worker(settings: Settings, unsafe: str | None) -> None:

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from typing import Any
 
 from ..agent import forks
 from ..agent.ghosts import ghost_message
 from ..agent.ghosts import ghost_threads
+
+if TYPE_CHECKING:
+    from ..agent.watchdog import WorkerBusy
 
 log = logging.getLogger("flask_utd")
 
@@ -45,6 +50,79 @@ def option(name: str) -> bool:
     if isinstance(value, bytes):
         return value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
     return bool(value)
+
+
+def harakiri() -> float | None:
+    """uWSGI's ``harakiri`` in seconds (the worker serving a request longer is
+    killed), or ``None`` when it is not set or 0."""
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
+        return None
+    value = uwsgi.opt.get("harakiri")
+    if isinstance(value, list):
+        value = value[-1]
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def served_by_this_worker() -> int:
+    """How many requests this uWSGI worker has served (``uwsgi.workers()``)."""
+    uwsgi = uwsgi_module()
+    me = uwsgi.worker_id() if uwsgi is not None else 0
+    for worker in uwsgi.workers() if uwsgi is not None else ():
+        if worker.get("id") == me:
+            return int(worker.get("requests", 0))
+    return 0
+
+
+class BusyWorkers:
+    """uWSGI's accounting of its workers, for the master's watchdog: which is
+    busy, and since when (:class:`~flask_utd.agent.watchdog.WorkerBusy`).
+
+    ``uwsgi.workers()`` gives each worker's status and its count of requests
+    served, not when its current request started: a worker seen busy with the
+    same count as at the previous look is busy with the same request, and one
+    seen busy anew started it after the previous look.
+    """
+
+    def __init__(self) -> None:
+        # A worker first seen busy may have been so since the previous look (or
+        # since the master started): the earliest it can have started. The
+        # watchdog bounds that with the worker's own notice.
+        self._last = time.monotonic()
+        #: pid -> (requests served, busy since or None)
+        self._seen: dict[int, tuple[int, float | None]] = {}
+
+    def __call__(self) -> dict[int, WorkerBusy]:
+        from ..agent.watchdog import WorkerBusy
+
+        uwsgi = uwsgi_module()
+        now = time.monotonic()
+        previous, self._last = self._last, now
+        found: dict[int, WorkerBusy] = {}
+        seen: dict[int, tuple[int, float | None]] = {}
+        for worker in uwsgi.workers() if uwsgi is not None else ():
+            pid = worker.get("pid")
+            if not pid:
+                continue
+            status = worker.get("status")
+            busy = status in (b"busy", "busy")
+            count = worker.get("requests", 0)
+            since = None
+            if busy:
+                old = self._seen.get(pid)
+                since = old[1] if old is not None and old[0] == count else None
+                if since is None:
+                    since = previous
+            seen[pid] = (count, since)
+            found[pid] = WorkerBusy(worker.get("id"), since)
+        self._seen = seen
+        return found
 
 
 def fork_hooks_on() -> bool:

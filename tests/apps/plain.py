@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import re
 import threading
 import time
 
@@ -57,6 +59,26 @@ def hold_the_gil() -> str:
     # other thread of this process, the agent included, stands still.
     ctypes.PyDLL(None).sleep(int(os.environ.get("DEMO_GIL_SECONDS", "20")))
     return "slept holding the GIL\n"
+
+
+@app.get("/regex")
+def regex_holding_the_gil() -> str:
+    # A regex that backtracks holds the GIL in C for its whole match, signals
+    # included (faulthandler's signal interrupts libc's sleep in /gil, not
+    # this). Each character more doubles the time: measured with 18 here, the
+    # fastest of 5 (a busy machine only makes the match itself longer).
+    seconds = float(os.environ.get("DEMO_REGEX_SECONDS", "10"))
+    started = time.monotonic()
+    units = []
+    for _ in range(5):
+        began = time.monotonic()
+        re.match(r"(a+)+$", "a" * 18 + "!")
+        units.append(time.monotonic() - began)
+    unit = max(min(units), 1e-4)
+    size = 18 + max(0, round(math.log2(seconds / unit)))
+    re.match(r"(a+)+$", "a" * size + "!")
+    time.sleep(float(request.args.get("then", "0")))  # still serving, GIL free
+    return f"matched {size} characters in {time.monotonic() - started:.1f} s\n"
 
 
 @app.get("/pid")
