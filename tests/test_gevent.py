@@ -92,7 +92,14 @@ def all_stuck(server: UwsgiServer, socket_dir: str) -> Report | None:
     workers = [p for p in report["processes"] if p["role"] == "worker"]
     if len(workers) != 1 or workers[0]["status"] != "ok":
         return None
-    if set(serving(workers[0])) == set(STUCK):
+    found = serving(workers[0])
+    # Settled: every request's greenlet switched out, in its wait. A request
+    # that has just arrived may be the greenlet running at the dump, on its
+    # thread (its own native id), on its way to the wait.
+    if set(found) == set(STUCK) and all(
+        found[path]["native_id"] is None and found[path]["wait"] == wait
+        for path, wait in STUCK.items()
+    ):
         return report
     return None
 
