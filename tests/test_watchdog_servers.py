@@ -282,7 +282,7 @@ def test_gunicorn_arbiter_logs_a_worker_holding_the_gil_before_the_kill(
     try:
         (ended,) = wait_for(gone, timeout=10)
     except AssertionError as err:
-        # Failed once in five full runs (2 CPUs busy), not since in isolation:
+        # Failed in 2 of 5 full runs, never alone or with this file only:
         # say whether the arbiter captured the worker before the kill at all.
         stuck = [
             r for _, r in json_records(server.log()) if ".stuck" in r["event.name"]
