@@ -348,3 +348,61 @@ def test_without_a_served_count_at_most_twice_per_half_threshold() -> None:
         assert wakeups <= 2 * (took / (THRESHOLD / 2)) + 2, (wakeups, took)
     finally:
         watchdog.stop_watchdog()
+
+
+def test_a_request_before_the_thread_first_runs_tells_the_master(
+    tmp_path: Any,
+) -> None:
+    """A worker's watchdog counts as asleep from start(), not from its thread's
+    first look: a request that comes before that look tells the master. Found
+    under gunicorn: a worker took its first request while its new watchdog
+    thread still waited for the GIL, and held the GIL (a regex); the arbiter
+    never heard of the worker and logged nothing before the kill."""
+    master = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    master.bind(str(tmp_path / "master.watchdog"))
+    master.settimeout(5)
+    first_look = threading.Event()
+
+    def served() -> int:
+        # The server's count, read at each look: in the watchdog's thread it
+        # stands still, as a thread that does not get the GIL would.
+        if threading.current_thread() is not threading.main_thread():
+            first_look.wait(10)
+        return 0
+
+    dog = watchdog.Watchdog(
+        threshold=THRESHOLD,
+        fmt="json",
+        role="worker",
+        worker_id=1,
+        directory=str(tmp_path),
+        socket_dir=str(tmp_path),
+        instance="1",
+        master=str(tmp_path / "master.watchdog"),
+        served=served,
+    )
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        inside.set()
+        leave.wait(10)
+        return [b"ok"]
+
+    entered = time.monotonic()
+    dog.start()
+    request = threading.Thread(
+        target=RequestTracker(app), args=({"PATH_INFO": "/"}, None), daemon=True
+    )
+    try:
+        request.start()
+        assert inside.wait(5)
+        kind, pid, threshold, when, as_json = watchdog._NOTICE.unpack(master.recv(64))
+        assert (kind, pid, threshold, as_json) == (b"w", os.getpid(), THRESHOLD, True)
+        assert entered <= when <= time.monotonic()
+    finally:
+        leave.set()
+        first_look.set()
+        request.join(5)
+        dog.stop()
+        master.close()

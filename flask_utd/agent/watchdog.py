@@ -231,6 +231,17 @@ class Watchdog:
     # -- the thread -------------------------------------------------------------
 
     def start(self) -> None:
+        if self.threshold is not None:
+            # Asleep until its thread first looks: a request that enters before
+            # then wakes it, and tells the master, like any later one. (Published
+            # by the thread only, a request that came first went untold; its
+            # thread holding the GIL, the thread never ran and the master never
+            # heard of the worker: docs/watchdog.rst, "Found the hard way".)
+            tracking._wake = self._wake
+            if tracking._current:
+                # Started while other threads serve requests (at a first
+                # request, outside the servers' hooks): those entered already.
+                self._tell_master(_WOKE, _oldest_start())
         self.thread = native.start_thread(self._run, THREAD_NAME)
         assert self.thread.ident is not None
         marks.mark(self.thread.ident, "watchdog")
@@ -294,8 +305,10 @@ class Watchdog:
         if self.threshold is not None:
             tracking._wake = self._wake
         if tracking._current and self.threshold is not None:
-            # A request entered before it could see _wake: stay awake.
+            # A request entered before it could see _wake: stay awake, and tell
+            # the master, as that request did not.
             tracking._wake = None
+            self._tell_master(_WOKE, _oldest_start())
             return
         self._tell_master(_SLEEPS, since)
         if self._stopped:
@@ -613,6 +626,14 @@ class Watchdog:
             ),
             "json" if awake.json else "text",
         )
+
+
+def _oldest_start() -> float:
+    """``time.monotonic()`` when the oldest request in flight here started (now
+    if none is left)."""
+    return min(
+        (r[2] for r in list(tracking._current.values())), default=time.monotonic()
+    )
 
 
 def _datagram_socket() -> socket.socket:
