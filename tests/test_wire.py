@@ -22,6 +22,7 @@ from demo_app.server import ROOT
 from flask_utd.agent.lifecycle import Agent
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
+from flask_utd.agent.rpc import connect
 from flask_utd.core import wire
 from flask_utd.core.formats import FORMATS
 from tests.helpers import as_another_uid
@@ -120,6 +121,66 @@ def test_the_agent_still_refuses_everything_else(agent: Agent) -> None:
     ):
         with pytest.raises(wire.RemoteError, match="AttributeError"):
             wire.call(agent.path, time.monotonic() + 5, name)
+
+
+def _ask_raw(path: str, data: bytes) -> bytes:
+    """Send ``data`` to the agent on ``path``; everything it sends until it
+    closes the connection."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_info_and_stats_skip_rpyc_and_answer_what_rpyc_does(agent: Agent) -> None:
+    """``info`` and ``stats`` (the watchdog's probe, a Prometheus scrape) come as
+    one plain frame: the agent answers with one frame of its service's JSON,
+    then closes, in one round trip and with no RPyC connection."""
+    conn = connect(agent.path, time.monotonic() + 5)
+    try:
+        through_rpyc = {
+            name: json.loads(getattr(conn.root, name)()) for name in ("info", "stats")
+        }
+    finally:
+        conn.close()
+    for name, question in wire.PLAIN_QUESTIONS.items():
+        answer = _ask_raw(agent.path, wire.frame(question))
+        # Exactly one uncompressed frame, then the agent closed the connection.
+        length, compressed = wire.FRAME_HEADER.unpack_from(answer)
+        assert compressed == 0
+        assert len(answer) == wire.FRAME_HEADER.size + length + len(wire.FLUSHER)
+        plain = json.loads(answer[wire.FRAME_HEADER.size : -len(wire.FLUSHER)])
+        assert (
+            plain
+            == through_rpyc[name]
+            == json.loads(wire.call(agent.path, time.monotonic() + 5, name))
+        )
+        # RPyC's first byte is a message type: a plain question is never RPyC.
+        assert question[0] not in (wire.MSG_REQUEST, wire.MSG_REPLY, wire.MSG_EXCEPTION)
+
+
+def test_a_plain_frame_asks_nothing_else(agent: Agent) -> None:
+    """Only the two questions: any other plain frame (a dump, a question after
+    an RPyC request) is not RPyC and ends the connection unanswered."""
+    for data in (
+        wire.frame(b"flask-utd:dump"),
+        wire.frame(b"flask-utd:stats "),
+        wire._GETROOT + wire.frame(wire.PLAIN_QUESTIONS["stats"]),
+    ):
+        answer = _ask_raw(agent.path, data)
+        if data.startswith(wire._GETROOT):
+            # The root's reference, then nothing for the plain frame.
+            assert wire._answer(answer[wire.FRAME_HEADER.size : -len(wire.FLUSHER)], 1)
+        else:
+            assert answer == b""
+    assert (
+        json.loads(wire.call(agent.path, time.monotonic() + 5, "info"))["pid"]
+        == os.getpid()
+    )
 
 
 def test_stale_socket_is_refused(socket_dir: str) -> None:

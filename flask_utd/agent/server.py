@@ -7,7 +7,9 @@ made by :func:`rpyc.utils.factory.connect_channel`, over a
 :class:`~rpyc.core.channel.Channel` that the loop feeds with the frames it cut
 (with :data:`flask_utd.core.wire.FRAME_HEADER` and
 :data:`~flask_utd.core.wire.FLUSHER`, which the tests check against what RPyC
-writes).
+writes). The two questions without arguments, ``info`` and ``stats``, may come
+as a plain frame instead (:data:`flask_utd.core.wire.PLAIN_QUESTIONS`): the
+loop answers those itself from the same service, with no RPyC connection.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from rpyc.utils.factory import connect_channel
 from ..core import sockets
 from ..core.wire import FLUSHER
 from ..core.wire import FRAME_HEADER
+from ..core.wire import PLAIN_QUESTIONS
+from ..core.wire import frame as wire_frame
 from . import native
 
 log = logging.getLogger("flask_utd")
@@ -48,6 +52,8 @@ CONNECTION_DEADLINE = 5.0
 MAX_FRAME = 64 * 1024
 _SEND_CHUNK = 256 * 1024
 _RECV_CHUNK = 64 * 1024
+#: The service's method that answers each plain question.
+_PLAIN = {question: f"exposed_{name}" for name, question in PLAIN_QUESTIONS.items()}
 
 
 def _peer_pid(sock: socket.socket) -> int:
@@ -146,6 +152,8 @@ class _Client:
     conn: Any = None
     #: Whether a request of it was served.
     served: bool = False
+    #: Answered a plain question: closed once the answer is sent.
+    answered: bool = False
 
     @property
     def deadline(self) -> float:
@@ -403,9 +411,19 @@ class AgentServer:
                 del out[:sent]
             if out:
                 break
+            if client.answered:
+                self._drop(client, "a plain question was answered")
+                return
             frame = _cut_frame(client.inbox)
             if frame is None:
                 break
+            method = _PLAIN.get(frame) if client.conn is None else None
+            if method is not None:
+                # info or stats: no RPyC connection, one frame back, then close.
+                answer = getattr(self.service, method)()
+                out += wire_frame(answer.encode("utf-8"))
+                client.answered = True
+                continue
             client.channel.frames.append(frame)
             conn = self._connection(client)
             try:

@@ -15,6 +15,13 @@ speaks the few messages it needs itself, to the agent's RPyC connections:
   ``HANDLE_CALLATTR`` on that reference with ``"dump"``, which RPyC checks and
   resolves exactly as it does ``root.dump(...)`` (only ``exposed_`` names).
 
+The two questions without arguments, ``info`` and ``stats``, skip RPyC: the
+first frame is one of :data:`PLAIN_QUESTIONS`, which is not an RPyC message
+(RPyC's first byte is a message type, 1 to 3), and the agent answers with one
+frame holding the JSON text its service returns, then closes. One round trip
+instead of two, and no RPyC connection in the agent: that is most of what a
+Prometheus scrape of many processes costs (docs/performance.md).
+
 :func:`call_all` makes the calls to every agent at once from one thread, each
 socket non-blocking under one selector. Nothing that comes back is ever turned
 into a reference or an object: a reply that is not plain data is an error. The
@@ -75,6 +82,10 @@ IMM_INT_BIAS = 0x50
 FRAME_HEADER = struct.Struct("!LB")
 #: What ends a frame, after its data.
 FLUSHER = b"\n"
+
+#: The questions an agent answers without RPyC, by the service's method name:
+#: a frame holding exactly these bytes, as the connection's first.
+PLAIN_QUESTIONS = {"info": b"flask-utd:info", "stats": b"flask-utd:stats"}
 
 _I1 = struct.Struct("!B")
 _I4 = struct.Struct("!L")
@@ -216,9 +227,13 @@ def loads(data: bytes) -> Any:
 # -- the calls ------------------------------------------------------------------
 
 
+def frame(data: bytes) -> bytes:
+    """``data`` as one uncompressed frame of the channel."""
+    return FRAME_HEADER.pack(len(data), 0) + data + FLUSHER
+
+
 def _request_frame(seq: int, handler: int, boxed_args: tuple[Any, ...]) -> bytes:
-    payload = _I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args)))
-    return FRAME_HEADER.pack(len(payload), 0) + payload + FLUSHER
+    return frame(_I1.pack(MSG_REQUEST) + dumps((seq, (handler, boxed_args))))
 
 
 #: The first request of every call, ``HANDLE_GETROOT`` as sequence number 1.
@@ -269,6 +284,8 @@ class Call:
         self._out = b""
         self._inbox = bytearray()
         self._seq = 0
+        #: One of :data:`PLAIN_QUESTIONS`, or ``None`` to call through RPyC.
+        self._plain = None if args else PLAIN_QUESTIONS.get(name)
 
     def _start(self) -> None:
         """Connect and send the first request (as much of it as the socket takes).
@@ -281,7 +298,7 @@ class Call:
         self.sock.connect(self.path)
         self.connected = True
         self._seq = 1
-        self._out = _GETROOT
+        self._out = _GETROOT if self._plain is None else frame(self._plain)
         self._send()
 
     def _send(self) -> None:
@@ -334,6 +351,13 @@ class Call:
         return zlib.decompress(data) if compressed else data
 
     def _on_reply(self, data: bytes) -> None:
+        if self._plain is not None:
+            try:
+                self.value = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ProtocolError(f"{self.name} answered bytes, not text") from err
+            self._end(None)
+            return
         label, value = _answer(data, self._seq)
         if self._seq == 1:
             # The reference to the service, for HANDLE_CALLATTR on it.
