@@ -282,8 +282,10 @@ def test_gunicorn_arbiter_logs_a_worker_holding_the_gil_before_the_kill(
     try:
         (ended,) = wait_for(gone, timeout=10)
     except AssertionError as err:
-        # Failed in 2 of 5 full runs, never alone or with this file only:
-        # say whether the arbiter captured the worker before the kill at all.
+        # Failed in 2 of 5 full runs, never alone: the worker took the request
+        # before its new watchdog thread first ran, and never told the arbiter
+        # (test_watchdog.py::test_a_request_before_the_thread_first_runs_tells_
+        # the_master). Say whether the arbiter captured the worker at all.
         stuck = [
             r for _, r in json_records(server.log()) if ".stuck" in r["event.name"]
         ]
