@@ -232,11 +232,10 @@ class Watchdog:
 
     def start(self) -> None:
         if self.threshold is not None:
-            # Asleep until its thread first looks: a request that enters before
-            # then wakes it, and tells the master, like any later one. (Published
-            # by the thread only, a request that came first went untold; its
-            # thread holding the GIL, the thread never ran and the master never
-            # heard of the worker: docs/watchdog.rst, "Found the hard way".)
+            # Asleep from now, not from its thread's first sleep: a request that
+            # comes before the thread ever runs tells the master too. One that
+            # then held the GIL kept the thread from running at all, and the
+            # master never heard of this worker (docs/watchdog.rst).
             tracking._wake = self._wake
             if tracking._current:
                 # Started while other threads serve requests (at a first
