@@ -132,11 +132,13 @@ def _read_end(
     """:func:`waits.infer`, with the frame it was read from counted from the
     innermost (0), so that threads with other outer frames can share it;
     ``calling``; and the callee of the innermost frame's call
-    (:func:`waits.cached_callee`), where naming it tells something."""
+    (:func:`waits.cached_callee`), where naming it tells something: not in a
+    switched-out greenlet, whose innermost call is always the switch to its
+    hub (and naming it took a third of the snapshot of 1,000 greenlets)."""
     calling = None if frame is None else waits.in_call(frame)
     wait, index = waits.infer(frames, calling=calling, suspended=suspended)
     called = None
-    if calling and frame is not None and waits.names_its_call(frame):
+    if calling and not suspended and frame is not None and waits.names_its_call(frame):
         called = waits.cached_callee(frame.f_code, frame.f_lasti)
     return wait, None if index is None else len(frames) - 1 - index, calling, called
 
