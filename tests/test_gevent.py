@@ -185,7 +185,26 @@ def check_blocked(server: UwsgiServer, socket_dir: str) -> None:
     assert all(d == 1 for k, d in depths if k == "greenlet")
 
 
+def worker_serves(server: UwsgiServer) -> None:
+    """Wait until the worker answers a request: it has run its post-fork hooks
+    (the agent and the watchdog started, their threads marked) and its gevent
+    loop runs.
+
+    The server counts as started once its master listens. A dump taken while
+    the worker still starts is not one instant: the OS threads' frames are
+    read first, the greenlets after, and between the two the worker's main
+    thread may run. Its hub and the requests queued since the master listened
+    were then found settled in their waits, while its main thread was not
+    listed (it ran C code only, with no Python frame, on its way into the
+    loop) or was listed still in the post-fork hook, the agent's thread not
+    yet marked as the agent's.
+    """
+    with urllib.request.urlopen(server.url("/pid"), timeout=30) as response:
+        assert int(response.read()) > 0
+
+
 def stuck_then_blocked(server: UwsgiServer, socket_dir: str) -> None:
+    worker_serves(server)
     for path in STUCK:
         fire(server.url(path))
     report = wait_for(lambda: all_stuck(server, socket_dir), timeout=30)
