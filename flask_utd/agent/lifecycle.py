@@ -187,7 +187,14 @@ def start_agent(
         info = AgentInfo(role, worker_id, unsafe, locals_policy)
         service = UTDService(info)
         server = AgentServer(service, _listen(binding, path), SERVER_CONFIG)
-        thread = native.start_thread(server.start, AGENT_THREAD_NAME)
+
+        def serve() -> None:
+            # Marked by itself before it serves: it can answer a dump before
+            # start_thread returns here, and would list itself as the app's.
+            marks.mark(native.get_ident(), "agent")
+            server.start()
+
+        thread = native.start_thread(serve, AGENT_THREAD_NAME)
         agent = Agent(pid, path, info, server, thread)
         assert thread.ident is not None
         marks.mark(thread.ident, "agent")

@@ -277,6 +277,9 @@ class Watchdog:
             self._stop_lock.release()
 
     def _run(self) -> None:
+        # Marked by itself too (start() marks it when start_thread returns): a
+        # dump taken meanwhile lists it as flask-utd's.
+        marks.mark(native.get_ident(), "watchdog")
         try:
             while not self._stopped:
                 if not self._look():
