@@ -37,6 +37,20 @@ from flask_utd.ext.signing import make_token
 S = TypeVar("S", bound=UwsgiServer)
 
 
+def context_switches(tid: int) -> int:
+    """How many times thread ``tid`` of this process has been switched out,
+    voluntarily or not (``/proc/self/task/<tid>/status``): a thread that never
+    wakes up keeps the same count."""
+    count = 0
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(
+                ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
+            ):
+                count += int(line.split()[1])
+    return count
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05
 ) -> Any:

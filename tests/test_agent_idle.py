@@ -12,18 +12,8 @@ import pytest
 from flask_utd.agent.lifecycle import start_agent
 from flask_utd.agent.lifecycle import stop_agents
 from flask_utd.core import wire
+from tests.helpers import context_switches
 from tests.helpers import wait_for
-
-
-def _switches(tid: int) -> int:
-    count = 0
-    with open(f"/proc/self/task/{tid}/status") as f:
-        for line in f:
-            if line.startswith(
-                ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
-            ):
-                count += int(line.split()[1])
-    return count
 
 
 def _state(tid: int) -> str:
@@ -45,17 +35,17 @@ def test_idle_agent_never_wakes_up(socket_dir: str) -> None:
 
         def settled() -> bool:
             # Done with that client: no switch between two looks 0.2 s apart.
-            now = _switches(tid)
+            now = context_switches(tid)
             quiet = now == last[0] and _state(tid) == "S"
             last[0] = now
             return quiet
 
         wait_for(settled, timeout=10, interval=0.2)
-        before = _switches(tid)
+        before = context_switches(tid)
         # Observing that nothing happens takes time: a poll every second or
         # less would wake it at least twice here.
         threading.Event().wait(2.5)
-        assert _switches(tid) - before == 0
+        assert context_switches(tid) - before == 0
         assert _state(tid) == "S"
         # And it still answers at once.
         assert json.loads(wire.call(agent.path, time.monotonic() + 5, "info"))

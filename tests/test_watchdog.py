@@ -26,6 +26,7 @@ from flask_utd.agent import watchdog
 from flask_utd.agent.tracking import RequestTracker
 from flask_utd.agent.tracking import trace_of
 from flask_utd.core import wire
+from tests.helpers import context_switches
 from tests.helpers import wait_for
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -259,17 +260,6 @@ def test_traceparent(header: str | None, expected: tuple[str, str] | None) -> No
 # -- what it costs ----------------------------------------------------------------
 
 
-def _switches(tid: int) -> int:
-    count = 0
-    with open(f"/proc/self/task/{tid}/status") as f:
-        for line in f:
-            if line.startswith(
-                ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
-            ):
-                count += int(line.split()[1])
-    return count
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
 def test_an_idle_watchdog_never_wakes_up(watched_app: Flask) -> None:
     watched_app.test_client().get("/sleep/0.0")
@@ -282,15 +272,15 @@ def test_an_idle_watchdog_never_wakes_up(watched_app: Flask) -> None:
     last = [-1]
 
     def settled() -> bool:
-        now = _switches(tid)
+        now = context_switches(tid)
         quiet = now == last[0]
         last[0] = now
         return quiet
 
     wait_for(settled, timeout=10, interval=0.3)
-    before, wakeups = _switches(tid), dog.wakeups
+    before, wakeups = context_switches(tid), dog.wakeups
     threading.Event().wait(2.5)  # more than 10 half thresholds
-    assert _switches(tid) - before == 0
+    assert context_switches(tid) - before == 0
     assert dog.wakeups == wakeups
     # And the next request wakes it, once.
     watched_app.test_client().get("/sleep/0.0")
